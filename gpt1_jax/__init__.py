@@ -1,0 +1,1 @@
+"""gpt1-jax: GPT-1 (Radford et al., 2018) in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""Data: text corpora into token windows (corpus), fine-tuning tasks (tasks, transforms)."""

@@ -1,0 +1,43 @@
+"""gpt1-jax: GPT-1 (Radford et al., 2018) in JAX/Flax, sharded over a device mesh."""
+import setuptools
+
+# The JAX stack moves fast and its pieces must agree with each other: these
+# versions were installed together and verified by the test suite.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "grain==0.2.18",
+    "tensorflow-datasets==4.9.10",
+    "array_record==0.8.6",
+    "sentencepiece==0.2.3",
+    "ml_collections==1.1.0",
+    "absl-py==2.5.1",
+    "numpy==2.4.6",
+    "ftfy==6.3.1",
+    "spacy==3.8.18",
+    "tensorboardX==2.6.5",
+    "tqdm==4.70.1",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest==9.0.3"],
+}
+
+setuptools.setup(
+    name="gpt1-jax",
+    version="0.1.0",
+    description="GPT-1 pre-training and fine-tuning in JAX/Flax, sharded over a device mesh.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["gpt1_jax", "gpt1_jax.*"]),
+    # The bundled corpus and the GPT-1 BPE vocabulary ship inside the package,
+    # so a non-editable install finds them too.
+    package_data={"gpt1_jax": ["assets/*/*"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    license="MIT",
+)
