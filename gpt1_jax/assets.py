@@ -9,5 +9,5 @@ GPT1_MERGES_BPE = GPT1_BPE_DIR / "vocab_40000.bpe"
 
 
 def book_files() -> list[pathlib.Path]:
-  """The bundled public-domain novels, sorted by name (the default corpus)."""
-  return sorted(BOOKS_DIR.glob("*.txt"))
+    """The bundled public-domain novels, sorted by name (the default corpus)."""
+    return sorted(BOOKS_DIR.glob("*.txt"))
