@@ -1,0 +1,28 @@
+"""A small GPT-1 that learns visibly on the bundled books on 2 CPU cores in ~10 minutes.
+
+Same architecture, tokenizer and recipe as configs/gpt1.py, scaled down: 4 layers,
+width 256, 128-token windows, batches of 16, a short warm-up.
+
+    python -m gpt1_jax.main --config=configs/demo.py --workdir=runs/demo
+"""
+import importlib.util
+import pathlib
+
+
+def _paper_config():
+    # Loaded by path so that the config works from any working directory.
+    spec = importlib.util.spec_from_file_location("gpt1_paper_config",
+                                                  pathlib.Path(__file__).with_name("gpt1.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config():
+    config = _paper_config()
+    config.model.update(n_ctx=128, n_layer=4, n_head=4, d_model=256, d_ff=1024)
+    config.train.update(batch_size=16, num_steps=600, log_every_steps=25,
+                        eval_every_steps=200, eval_batches=20)
+    config.optimizer.update(learning_rate=1e-3, warmup_steps=60)
+    config.checkpoint.update(every_steps=200)
+    return config

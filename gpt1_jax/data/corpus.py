@@ -1,0 +1,509 @@
+"""Pretraining text: corpus → token cache on disk → shuffled windows of seq_len + 1 tokens.
+
+The pipeline, in the order a pretraining job uses it:
+
+    source = TextFilesCorpus(assets.book_files())            # or TfdsCorpus("lm1b")
+    cache = build_or_load_token_cache(source, tokenizer, cache_dir)
+    train_N, val_N = split_train_val(cache.tokens, val_fraction, seq_len, cache.description)
+    train_it = make_train_iterator(train_N, seq_len, global_batch_size, seed,
+                                   jax.process_index(), jax.process_count())
+    tokens_BxT1 = next(train_it)                              # int32 [B_local, seq_len + 1]
+
+Every batch is a plain numpy int32 array `tokens_BxT1` of shape [B_local, seq_len + 1]; the model
+reads inputs `tokens_BxT1[:, :-1]` and predicts targets `tokens_BxT1[:, 1:]`.
+"""
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+import grain
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Bump when the way text becomes tokens changes (what a document is, normalisation, dtype rule):
+# every existing cache then gets a new key and is rebuilt instead of silently reused.
+CACHE_FORMAT_VERSION = 1
+
+# Whole documents go to the tokenizer in calls of about this many characters: enough that the
+# bundled 9.3 M-character corpus is one call (a tokenizer may start worker processes per call),
+# small enough that the ids held as Python lists (~36 bytes each) stay a few hundred MB.
+_ENCODE_CHUNK_CHARS = 1 << 24
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus sources
+# ---------------------------------------------------------------------------------------------
+
+
+class Tokenizer(Protocol):
+    """What this module needs from a tokenizer (gpt1_jax.tokenizers provides it)."""
+
+    vocab_size: int
+
+    def encode_batch(self, texts: list[str], progress: bool) -> list[list[int]]: ...
+
+    def fingerprint(self) -> str: ...
+
+
+class CorpusSource(Protocol):
+    """A corpus: an ordered, finite sequence of text documents."""
+
+    def identity(self) -> dict[str, Any]:
+        """JSON-able description that changes whenever the documents could change."""
+
+    def describe(self) -> str:
+        """Short human-readable name, used in logs and error messages."""
+
+    def __len__(self) -> int:
+        """Number of documents."""
+
+    def documents(self) -> Iterator[str]:
+        """The documents in order, line endings normalised to '\\n'."""
+
+
+def normalize_newlines(text: str) -> str:
+    """Windows ('\\r\\n') and old Mac ('\\r') line endings → '\\n'."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _sha256_of_file(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(functools.partial(f.read, 1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class TextFilesCorpus:
+    """Plain UTF-8 text files; each file is one document."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike]):
+        self.paths = [pathlib.Path(p).resolve() for p in paths]
+        if not self.paths:
+            raise ValueError("TextFilesCorpus: no files given (empty corpus)")
+        for path in self.paths:
+            if not path.is_file():
+                raise ValueError(f"TextFilesCorpus: {path} is not a file")
+
+    def identity(self) -> dict[str, Any]:
+        # The content hash (not the mtime) decides: touching a file keeps its cache, editing it
+        # rebuilds. Hashing the 9 MB default corpus takes a few tens of milliseconds.
+        files = [
+            {"path": str(p), "size": p.stat().st_size, "sha256": _sha256_of_file(p)}
+            for p in self.paths
+        ]
+        return {"kind": "text_files", "files": files}
+
+    def describe(self) -> str:
+        names = ", ".join(p.name for p in self.paths[:3])
+        more = f", … ({len(self.paths)} files)" if len(self.paths) > 3 else ""
+        return f"text files [{names}{more}]"
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def documents(self) -> Iterator[str]:
+        for path in self.paths:
+            yield read_text_file(path)
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """Reads one UTF-8 document with '\\n' line endings; ValueError naming the file if unusable."""
+    raw = pathlib.Path(path).read_bytes()
+    try:
+        # utf-8-sig drops a leading byte-order mark, which is an encoding artefact, not text.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not valid UTF-8 ({err})") from err
+    if not text.strip():
+        raise ValueError(f"{path}: file is empty (no text to tokenize)")
+    return normalize_newlines(text)
+
+
+class TfdsCorpus:
+    """A TFDS text dataset read through `tfds.data_source` (array_record, no TensorFlow needed).
+
+    Each record is one document, taken from feature `text_key` (bytes or str); an empty record
+    simply contributes no tokens.
+    """
+
+    def __init__(self, name: str, split: str = "train", data_dir: str | None = None,
+                 text_key: str = "text"):
+        # Imported here so that runs on plain text files never load TFDS.
+        import tensorflow_datasets as tfds
+
+        self.name, self.split, self.data_dir, self.text_key = name, split, data_dir, text_key
+        self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+        if len(self._source) == 0:
+            raise ValueError(f"{self.describe()}: dataset split has no records (empty corpus)")
+        first = self._source[0]
+        if text_key not in first:
+            raise ValueError(
+                f"{self.describe()}: records have no feature {text_key!r}; "
+                f"available: {sorted(first)}"
+            )
+
+    def identity(self) -> dict[str, Any]:
+        info = self._source.dataset_info
+        return {
+            "kind": "tfds",
+            "name": self.name,
+            "split": self.split,
+            "version": str(info.version),
+            "data_dir": str(info.data_dir),
+            "text_key": self.text_key,
+            # Guards against a dataset regenerated in place under the same version.
+            "num_records": len(self._source),
+        }
+
+    def describe(self) -> str:
+        return f"tfds:{self.name}/{self.split}"
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def documents(self) -> Iterator[str]:
+        # One record per read: tokenizing a record costs far more than reading it, and TFDS's
+        # mock data source (used in tests) does not support batched __getitems__.
+        for index in range(len(self._source)):
+            text = self._source[index][self.text_key]
+            if isinstance(text, bytes):
+                try:
+                    text = text.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise ValueError(
+                        f"{self.describe()} record {index}: not valid UTF-8 ({err})") from err
+            yield normalize_newlines(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token cache
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenCache:
+    """A tokenized corpus on disk.
+
+    Attributes:
+        tokens: read-only memmap, shape [num_tokens], uint16 or uint32; the documents'
+            tokens back to back in corpus order, with no separator between documents.
+        path: the `<key>.npy` file.
+        metadata: contents of the `<key>.json` file beside it.
+    """
+
+    tokens: np.ndarray
+    path: pathlib.Path
+    metadata: dict[str, Any]
+
+    @property
+    def description(self) -> str:
+        return self.metadata["source"]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when all ids (below `vocab_size`; GPT-1 has 40,478) fit, else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def cache_key(corpus_identity: dict[str, Any], tokenizer_fingerprint: str) -> str:
+    """sha256 over the corpus identity, the tokenizer fingerprint and the cache format."""
+    blob = json.dumps(
+        {
+            "format": CACHE_FORMAT_VERSION,
+            "corpus": corpus_identity,
+            "tokenizer": tokenizer_fingerprint,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def build_or_load_token_cache(source: CorpusSource, tokenizer: Tokenizer,
+                              cache_dir: str | os.PathLike, progress: bool = True) -> TokenCache:
+    """Tokenizes `source` once into `cache_dir/<key>.npy` (+ `<key>.json`) and memmaps it.
+
+    The key changes with the corpus content and the tokenizer fingerprint, so a stale cache is
+    never reused; a matching one is loaded without calling the tokenizer at all. The `.json` is
+    written last and only after the `.npy` is complete, both through a temporary file and
+    `os.replace`: a crash leaves no cache that looks complete. Concurrent builders (several
+    hosts on one shared file system) each write their own temporary file and the last rename
+    wins, with identical contents.
+    """
+    cache_dir = pathlib.Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    corpus_identity, fingerprint = source.identity(), tokenizer.fingerprint()
+    key = cache_key(corpus_identity, fingerprint)
+    npy_path, json_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+
+    cache = _load_cache(npy_path, json_path, key)
+    if cache is not None:
+        log.info("token cache hit: %s, %s tokens (%s)", source.describe(),
+                 f"{cache.num_tokens:,}", npy_path)
+        return cache
+
+    # A leftover .json of an earlier, damaged build must not vouch for the .npy written next.
+    json_path.unlink(missing_ok=True)
+    start = time.perf_counter()
+    dtype = token_dtype(tokenizer.vocab_size)
+    num_tokens, num_documents = _write_atomically(
+        npy_path, lambda f: _tokenize_into(f, cache_dir, source, tokenizer, dtype, progress))
+    seconds = time.perf_counter() - start
+
+    metadata = {
+        "key": key,
+        "format": CACHE_FORMAT_VERSION,
+        "source": source.describe(),
+        "corpus": corpus_identity,
+        "tokenizer_fingerprint": fingerprint,
+        "vocab_size": int(tokenizer.vocab_size),
+        "dtype": dtype.name,
+        "num_tokens": num_tokens,
+        "num_documents": num_documents,
+        "build_seconds": round(seconds, 3),
+    }
+    _write_atomically(json_path, lambda f: f.write(json.dumps(metadata, indent=2).encode()))
+    log.info("tokenized %s: %s documents → %s tokens in %.1f s (%s)", source.describe(),
+             f"{num_documents:,}", f"{num_tokens:,}", seconds, npy_path)
+    return TokenCache(np.load(npy_path, mmap_mode="r"), npy_path, metadata)
+
+
+def _load_cache(npy_path: pathlib.Path, json_path: pathlib.Path, key: str) -> TokenCache | None:
+    """The cache at these paths if it is complete and consistent, else None (→ rebuild)."""
+    if not (npy_path.exists() and json_path.exists()):
+        return None
+    try:
+        metadata = json.loads(json_path.read_text())
+        tokens = np.load(npy_path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        log.warning("ignoring unreadable token cache %s: %s", npy_path, err)
+        return None
+    if (metadata.get("key") != key or tokens.ndim != 1
+            or tokens.shape[0] != metadata.get("num_tokens")
+            or tokens.dtype.name != metadata.get("dtype")):
+        log.warning("ignoring inconsistent token cache %s", npy_path)
+        return None
+    return TokenCache(tokens, npy_path, metadata)
+
+
+def _write_atomically(path: pathlib.Path, write_fn):
+    """Runs write_fn(binary file) on a temporary file beside `path`, then renames it into place.
+
+    On any exception the temporary file is removed and `path` is left untouched.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            result = write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        pathlib.Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return result
+
+
+def _tokenize_into(npy_file, scratch_dir: pathlib.Path, source: CorpusSource,
+                   tokenizer: Tokenizer, dtype: np.dtype, progress: bool) -> tuple[int, int]:
+    """Writes the corpus as one .npy array into `npy_file`; returns (num_tokens, num_documents).
+
+    The total length is unknown until the end, so raw ids go to a scratch file first and are
+    copied behind the .npy header once it can be written.
+    """
+    num_tokens = num_documents = 0
+    with tempfile.TemporaryFile(dir=scratch_dir) as raw:
+        pending: list[str] = []
+        pending_chars = 0
+
+        def flush():
+            nonlocal num_tokens, pending, pending_chars
+            if not pending:
+                return
+            for ids in tokenizer.encode_batch(pending, progress=progress):
+                ids_N = np.asarray(ids, dtype=np.int64)
+                if ids_N.size and (ids_N.min() < 0 or ids_N.max() >= tokenizer.vocab_size):
+                    raise ValueError(
+                        f"tokenizer returned ids outside [0, {tokenizer.vocab_size}) "
+                        f"for {source.describe()}")
+                raw.write(ids_N.astype(dtype).tobytes())
+                num_tokens += ids_N.size
+            log.info("tokenized %s documents of %s, %s tokens so far", f"{num_documents:,}",
+                     source.describe(), f"{num_tokens:,}")
+            pending, pending_chars = [], 0
+
+        # Each document is encoded whole, never cut into paragraphs: GPT-1's tokenizer strips the
+        # ends of every text it is given, so encoding paragraphs separately would lose the
+        # newline token at each paragraph break. Long documents are the tokenizer's concern.
+        for document in source.documents():
+            num_documents += 1
+            pending.append(document)
+            pending_chars += len(document)
+            if pending_chars >= _ENCODE_CHUNK_CHARS:
+                flush()
+        flush()
+        if num_tokens == 0:
+            raise ValueError(f"{source.describe()}: corpus produced no tokens (empty corpus)")
+
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                  "shape": (num_tokens,)}
+        np.lib.format.write_array_header_1_0(npy_file, header)
+        raw.seek(0)
+        shutil.copyfileobj(raw, npy_file, length=1 << 22)
+    return num_tokens, num_documents
+
+
+# ---------------------------------------------------------------------------------------------
+# Train / validation split
+# ---------------------------------------------------------------------------------------------
+
+
+def split_train_val(tokens_N: np.ndarray, val_fraction: float, seq_len: int,
+                    corpus_name: str = "corpus") -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous split: the last `val_fraction` of the token stream is validation.
+
+    Contiguous (not per-window random) so no validation window shares text with a training one.
+    Both parts stay memmap views. ValueError if either is shorter than one window.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    num_tokens = int(tokens_N.shape[0])
+    num_val = int(num_tokens * val_fraction)
+    num_train = num_tokens - num_val
+    window = seq_len + 1
+    if num_train < window or num_val < window:
+        raise ValueError(
+            f"{corpus_name}: {num_tokens:,} tokens split into {num_train:,} train and "
+            f"{num_val:,} validation tokens (val_fraction={val_fraction}); each part needs at "
+            f"least one window of seq_len + 1 = {window} tokens")
+    return tokens_N[:num_train], tokens_N[num_train:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows and batches
+# ---------------------------------------------------------------------------------------------
+
+
+def num_train_windows(n_tokens: int, seq_len: int) -> int:
+    """Windows i = 0, 1, … covering tokens [i*seq_len, i*seq_len + seq_len + 1).
+
+    Consecutive windows share one token (the last target of one is the first input of the next),
+    so every token after the first is a target exactly once per epoch.
+    """
+    return max(0, (n_tokens - 1) // seq_len)
+
+
+def steps_per_epoch(n_tokens: int, seq_len: int, global_batch_size: int) -> int:
+    """Full global batches in one pass over the windows (rounded down).
+
+    The training stream runs on across epochs without dropping anything, so when the window
+    count is not a multiple of the batch size a batch may hold the end of one epoch and the
+    start of the next.
+    """
+    return num_train_windows(n_tokens, seq_len) // global_batch_size
+
+
+def _process_rows(global_batch_size: int, process_index: int, process_count: int) -> slice:
+    """This process's contiguous block of rows in the global batch."""
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"bad process_index={process_index} for process_count={process_count}")
+    if global_batch_size % process_count:
+        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
+                         f"process_count={process_count}")
+    local = global_batch_size // process_count
+    return slice(process_index * local, (process_index + 1) * local)
+
+
+def _gather_windows(tokens_N: np.ndarray, seq_len: int, window_ids_B: np.ndarray) -> np.ndarray:
+    """[B] window indices → int32 [B, seq_len + 1] token windows."""
+    rows = [tokens_N[i * seq_len : i * seq_len + seq_len + 1] for i in window_ids_B.tolist()]
+    return np.stack(rows).astype(np.int32)
+
+
+def _local_batch(tokens_N: np.ndarray, seq_len: int, rows: slice,
+                 window_ids_B: np.ndarray) -> np.ndarray:
+    """Global batch of window indices → this process's int32 [B_local, seq_len + 1] windows."""
+    return _gather_windows(tokens_N, seq_len, window_ids_B[rows])
+
+
+def make_train_iterator(train_tokens: np.ndarray, seq_len: int, global_batch_size: int,
+                        seed: int, process_index: int = 0,
+                        process_count: int = 1) -> grain.DatasetIterator:
+    """Endless iterator of this process's rows of shuffled training batches.
+
+    Every process builds the same global sequence: window indices, shuffled with `seed` and
+    reshuffled each epoch, batched `global_batch_size` at a time. Process p keeps rows
+    [p*B/P, (p+1)*B/P) of each global batch, so the global batch at step s does not depend on
+    the process count (only window indices are batched globally; each process reads just its
+    own rows from the memmap).
+
+    Yields:
+        int32 numpy arrays `tokens_BxT1`, shape [global_batch_size // process_count, seq_len + 1].
+
+    The iterator's `get_state()` is `{"next_index": <batches already returned>}` (JSON-able);
+    `set_state(state)` on a fresh iterator continues with exactly the batches that would have
+    followed, even with a different process count. Everything runs in this process (no worker
+    threads): a batch is a few memmap slices.
+    """
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    rows = _process_rows(global_batch_size, process_index, process_count)
+    num_windows = num_train_windows(int(train_tokens.shape[0]), seq_len)
+    if num_windows == 0:
+        raise ValueError(f"{train_tokens.shape[0]} training tokens hold no window of "
+                         f"seq_len + 1 = {seq_len + 1} tokens")
+    window_ids = grain.MapDataset.range(num_windows).shuffle(seed=seed).repeat()
+    batches = window_ids.batch(global_batch_size).map(
+        functools.partial(_local_batch, train_tokens, seq_len, rows))
+    read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    return iter(batches.to_iter_dataset(read_options))
+
+
+def num_eval_batches(n_tokens: int, seq_len: int, global_batch_size: int,
+                     max_batches: int | None = None) -> int:
+    """How many batches `eval_batches` yields for these arguments."""
+    count = num_train_windows(n_tokens, seq_len) // global_batch_size
+    return count if max_batches is None else min(count, max_batches)
+
+
+def eval_batches(val_tokens: np.ndarray, seq_len: int, global_batch_size: int,
+                 max_batches: int | None = None, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[np.ndarray]:
+    """The validation windows in order, as this process's rows of each global batch.
+
+    Same window layout and per-process row slicing as training, no shuffle. The last partial
+    global batch is dropped so every eval step has one shape (no recompilation) and every
+    process runs the same number of steps; at most global_batch_size - 1 windows are skipped.
+
+    Yields:
+        int32 numpy arrays `tokens_BxT1`, shape [global_batch_size // process_count, seq_len + 1].
+    """
+    rows = _process_rows(global_batch_size, process_index, process_count)
+    count = num_eval_batches(int(val_tokens.shape[0]), seq_len, global_batch_size, max_batches)
+    if count == 0 and max_batches != 0:
+        raise ValueError(
+            f"{val_tokens.shape[0]:,} validation tokens hold "
+            f"{num_train_windows(int(val_tokens.shape[0]), seq_len)} windows of {seq_len + 1} "
+            f"tokens, fewer than one global batch of {global_batch_size}")
+    return _eval_generator(val_tokens, seq_len, global_batch_size, rows, count)
+
+
+def _eval_generator(val_tokens, seq_len, global_batch_size, rows, count):
+    # Apart from eval_batches so that bad arguments raise at the call, not at the first next().
+    for step in range(count):
+        window_ids_B = np.arange(step * global_batch_size, (step + 1) * global_batch_size)
+        yield _gather_windows(val_tokens, seq_len, window_ids_B[rows])

@@ -1,0 +1,45 @@
+"""Entry point of every job: flags -> config -> the job its `mode` names.
+
+    python -m gpt1_jax.main --config=configs/demo.py --workdir=runs/demo \
+        [--config.train.num_steps=100 --config.train.batch_size=8 ...]
+"""
+import pathlib
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed(config) -> None:
+    """Joins the multi-process runtime when the config asks for it (TPU pods and SLURM
+    are auto-detected by JAX; other clusters pass the coordinator explicitly)."""
+    import jax
+    dist = config.distributed
+    if not dist.initialize:
+        return
+    kwargs = {}
+    if dist.coordinator_address:
+        kwargs = dict(coordinator_address=dist.coordinator_address,
+                      num_processes=dist.num_processes, process_id=dist.process_id)
+    jax.distributed.initialize(**kwargs)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    workdir = pathlib.Path(_WORKDIR.value)
+    initialize_distributed(config)
+    if config.mode == "pretrain":
+        from gpt1_jax import pretrain
+        pretrain.run(config, workdir)
+    else:
+        raise app.UsageError(f"config.mode={config.mode!r}; expected 'pretrain'")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,218 @@
+"""The GPT-1 Transformer decoder (Radford et al., 2018) as a functional Flax module.
+
+Post-LN blocks exactly as the released code (`train.py:140-147`):
+
+    n = LN(x + Attention(x))
+    h = LN(n + MLP(n))
+
+with no final LayerNorm, tanh-GELU, learned position embeddings, and the output
+head tied to the token table. Every parameter carries logical axis names
+("vocab", "embed", "heads", "kv", "mlp", ...) so the configuration, not the model,
+decides how it is laid out on a device mesh (see `sharding.py`).
+
+Shape suffixes: B batch, T sequence, D model width, H heads, K head width,
+F feed-forward width, V vocabulary (+ specials).
+"""
+import dataclasses
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product")
+REMAT_POLICIES = ("none", "block")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and regularisation of a GPT-1 model; the defaults are the paper's."""
+    vocab_size: int = 40478       # BPE vocabulary (40,000 merges + base symbols)
+    n_special: int = 0            # embeddings appended after the vocabulary (fine-tuning: 3)
+    n_ctx: int = 512
+    n_layer: int = 12
+    n_head: int = 12
+    d_model: int = 768
+    d_ff: int = 3072
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    resid_pdrop: float = 0.1
+    layer_norm_eps: float = 1e-5
+    init_std: float = 0.02
+    attention: str = "einsum"     # "einsum" or "dot_product" (jax.nn.dot_product_attention)
+    attention_backend: Optional[str] = None  # for dot_product: None (XLA picks), "xla", "cudnn"
+    dtype: str = "float32"        # compute dtype; parameters are always float32
+    remat: str = "none"           # "none" or "block" (recompute each block in the backward pass)
+
+    def __post_init__(self):
+        if self.d_model % self.n_head:
+            raise ValueError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"model.attention={self.attention!r}; expected one of {ATTENTION_IMPLEMENTATIONS}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat={self.remat!r}; expected one of {REMAT_POLICIES}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def embedding_rows(self) -> int:
+        """Rows of the token table: the vocabulary followed by the special tokens."""
+        return self.vocab_size + self.n_special
+
+
+def _normal(config: ModelConfig, *axes: Optional[str]):
+    return nn.with_logical_partitioning(nn.initializers.normal(config.init_std), axes)
+
+
+def _zeros(*axes: Optional[str]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
+    # GPT-1 normalises with eps 1e-5 and the two-pass variance E[(x - mean)^2];
+    # Flax's defaults (eps 1e-6, one-pass E[x^2] - mean^2) differ from both.
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        use_fast_variance=False,
+        dtype=jnp.dtype(config.dtype),
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+        bias_init=_zeros("norm"),
+        name=name,
+    )
+
+
+def causal_attention_weights(q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array) -> jax.Array:
+    """Softmax of the causally masked, 1/sqrt(K)-scaled scores, in float32."""
+    scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
+    scores_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxTxHxK).astype(jnp.float32) * scale
+    t = q_BxTxHxK.shape[1]
+    causal_TxT = jnp.tril(jnp.ones((t, t), dtype=bool))
+    scores_BxHxTxT = jnp.where(causal_TxT, scores_BxHxTxT, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores_BxHxTxT, axis=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    """Fused-QKV multi-head causal self-attention with an output projection."""
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        # The QKV kernel is [D, 3, H, K] rather than [D, 3D]: naming the heads axis
+        # lets tensor parallelism split whole heads instead of slicing across q/k/v.
+        qkv_BxTx3xHxK = nn.DenseGeneral(
+            features=(3, cfg.n_head, cfg.head_dim),
+            dtype=dtype,
+            kernel_init=_normal(cfg, "embed", None, "heads", "kv"),
+            bias_init=_zeros(None, "heads", "kv"),
+            name="c_attn",
+        )(x_BxTxD)
+        q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
+
+        if cfg.attention == "einsum":
+            probs_BxHxTxT = causal_attention_weights(q_BxTxHxK, k_BxTxHxK)
+            probs_BxHxTxT = nn.Dropout(cfg.attn_pdrop)(probs_BxHxTxT, deterministic=deterministic)
+            out_BxTxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxT.astype(dtype), v_BxTxHxK)
+        else:
+            if not deterministic and cfg.attn_pdrop > 0:
+                raise ValueError(
+                    "model.attention='dot_product' cannot drop out attention probabilities; "
+                    "set model.attn_pdrop=0 or use model.attention='einsum'")
+            out_BxTxHxK = jax.nn.dot_product_attention(
+                q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True,
+                implementation=cfg.attention_backend)
+
+        y_BxTxD = nn.DenseGeneral(
+            features=cfg.d_model,
+            axis=(-2, -1),
+            dtype=dtype,
+            kernel_init=_normal(cfg, "heads", "kv", "embed"),
+            bias_init=_zeros("embed"),
+            name="c_proj",
+        )(out_BxTxHxK)
+        return nn.Dropout(cfg.resid_pdrop)(y_BxTxD, deterministic=deterministic)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: D -> F, tanh-GELU, F -> D."""
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        h_BxTxF = nn.Dense(cfg.d_ff, dtype=dtype, kernel_init=_normal(cfg, "embed", "mlp"),
+                           bias_init=_zeros("mlp"), name="c_fc")(x_BxTxD)
+        h_BxTxF = jax.nn.gelu(h_BxTxF, approximate=True)
+        y_BxTxD = nn.Dense(cfg.d_model, dtype=dtype, kernel_init=_normal(cfg, "mlp", "embed"),
+                           bias_init=_zeros("embed"), name="c_proj")(h_BxTxF)
+        return nn.Dropout(cfg.resid_pdrop)(y_BxTxD, deterministic=deterministic)
+
+
+class Block(nn.Module):
+    """One post-LN Transformer block."""
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
+        a_BxTxD = CausalSelfAttention(self.config, name="attn")(x_BxTxD, deterministic)
+        n_BxTxD = _layer_norm(self.config, "ln_1")(x_BxTxD + a_BxTxD)
+        m_BxTxD = MLP(self.config, name="mlp")(n_BxTxD, deterministic)
+        return _layer_norm(self.config, "ln_2")(n_BxTxD + m_BxTxD)
+
+
+class GPT1(nn.Module):
+    """GPT-1: token + position embeddings, `n_layer` post-LN blocks, tied output head.
+
+    `__call__(tokens_BxT)` returns `(logits_BxTxV, hidden_BxTxD)`, the logits in float32
+    over the token table (vocabulary and any specials). Pass `with_logits=False` to get
+    only the hidden states (the head is the largest matmul of the model).
+    """
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.tokens_embed = nn.Embed(
+            cfg.embedding_rows, cfg.d_model, embedding_init=_normal(cfg, "vocab", "embed"),
+            name="tokens_embed")
+        self.positions_embed = nn.Embed(
+            cfg.n_ctx, cfg.d_model, embedding_init=_normal(cfg, None, "embed"),
+            name="positions_embed")
+        self.embed_dropout = nn.Dropout(cfg.embd_pdrop)
+        block_cls = Block
+        if cfg.remat == "block":
+            block_cls = nn.remat(Block, static_argnums=(2,))
+        self.blocks = [block_cls(cfg, name=f"h_{i}") for i in range(cfg.n_layer)]
+
+    def __call__(self, tokens_BxT: jax.Array, *, deterministic: bool = True,
+                 positions_BxT: Optional[jax.Array] = None, with_logits: bool = True):
+        cfg = self.config
+        t = tokens_BxT.shape[1]
+        if t > cfg.n_ctx:
+            raise ValueError(f"sequence length {t} exceeds model.n_ctx={cfg.n_ctx}")
+        if positions_BxT is None:
+            positions_BxT = jnp.arange(t)[None, :]
+        x_BxTxD = self.tokens_embed(tokens_BxT) + self.positions_embed(positions_BxT)
+        # HF-style dropout of the summed embeddings; the released TF code instead drops
+        # rows of the whole table (train.py:165), which also perturbs the tied head.
+        x_BxTxD = self.embed_dropout(x_BxTxD, deterministic=deterministic).astype(jnp.dtype(cfg.dtype))
+        for block in self.blocks:
+            x_BxTxD = block(x_BxTxD, deterministic)
+        if not with_logits:
+            return None, x_BxTxD
+        return self.logits(x_BxTxD), x_BxTxD
+
+    def logits(self, hidden_BxTxD: jax.Array) -> jax.Array:
+        """The tied output head: hidden states times the token table, in float32."""
+        table_VxD = self.tokens_embed.embedding.astype(hidden_BxTxD.dtype)
+        return jnp.einsum("btd,vd->btv", hidden_BxTxD, table_VxD,
+                          preferred_element_type=jnp.float32)
+
+
+def count_params(params) -> int:
+    """Number of scalars in a parameter tree."""
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,92 @@
+"""Throughput accounting (FLOPs, MFU) and metric writers (JSONL, TensorBoard).
+
+FLOPs of one training token (forward + backward = 3x forward, the PaLM appendix B
+convention, no rematerialisation counted):
+
+    6 * (N_blocks + V * D)  +  12 * L * T * D
+
+N_blocks are the Transformer blocks' parameters, V * D the tied output head (a matmul
+on every token; the embedding lookups cost no FLOPs), and 12 L T D the attention
+score and value matmuls (causal masking is not subtracted). MFU divides the achieved
+FLOP/s by the peak of all devices in use.
+"""
+import json
+import pathlib
+from typing import Optional
+
+import jax
+import numpy as np
+
+# Peak dense FLOP/s per device, by `device_kind` substring. bf16 for accelerators;
+# the CPU figure is the fp32 matmul peak measured on the project's 2-core machine.
+PEAK_FLOPS_BY_DEVICE_KIND = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "TPU v6": 918e12,
+    "TPU v5p": 459e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v4": 275e12,
+    "cpu": 141e9,
+}
+
+
+def flops_per_token(n_layer: int, d_model: int, d_ff: int, vocab_rows: int, seq_len: int) -> float:
+    """Training FLOPs per token of GPT-1 (see the module docstring)."""
+    attn_params = d_model * 3 * d_model + 3 * d_model + d_model * d_model + d_model
+    mlp_params = 2 * d_model * d_ff + d_ff + d_model
+    block_params = n_layer * (attn_params + mlp_params + 4 * d_model)
+    return 6.0 * (block_params + vocab_rows * d_model) + 12.0 * n_layer * seq_len * d_model
+
+
+def peak_flops_per_device(override: float = 0.0, device: Optional[jax.Device] = None) -> float:
+    """The configured peak, or the table's entry for this device kind (0 if unknown)."""
+    if override > 0:
+        return override
+    device = device or jax.devices()[0]
+    kind = f"{device.platform} {device.device_kind}"
+    for key, peak in PEAK_FLOPS_BY_DEVICE_KIND.items():
+        if key.lower() in kind.lower():
+            return peak
+    return 0.0
+
+
+class MetricsWriter:
+    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to
+    TensorBoard. Only process 0 writes; other processes get a no-op writer."""
+
+    def __init__(self, workdir, enabled: bool = True):
+        self.enabled = enabled and jax.process_index() == 0
+        self._jsonl = None
+        self._tb = None
+        if self.enabled:
+            workdir = pathlib.Path(workdir)
+            self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+            from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
+            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: _to_python(v) for k, v in metrics.items()}
+        self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
+        self._jsonl.flush()
+        for key, value in clean.items():
+            if isinstance(value, (int, float)):
+                self._tb.add_scalar(key, value, int(step))
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def _to_python(value):
+    if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0:
+        value = value.item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)  # JSON has no NaN/Inf
+    return value

@@ -1,0 +1,255 @@
+"""Train state, the sharded jitted train/eval steps, and the training loop.
+
+The loop is task-agnostic: a job supplies `init_params(rng) -> boxed params` (Flax
+parameters with logical axis names) and `loss_fn(params, batch, rng, deterministic)
+-> (loss, aux)`. The state is created abstractly (`jax.eval_shape`), its shardings are
+derived from the parameters' logical axes, and it is initialised directly into them.
+"""
+import dataclasses
+import signal
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gpt1_jax import sharding as sharding_lib
+
+LossFn = Callable[[Any, Any, Optional[jax.Array], bool], tuple[jax.Array, dict]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array          # int32 scalar: updates taken so far
+    params: Any
+    opt_state: Any
+    rng: jax.Array           # raw uint32 key data (orbax-friendly); dropout keys fold in the step
+
+
+def _replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def state_shardings(init_params: Callable, tx: optax.GradientTransformation, rng: jax.Array,
+                    mesh: Mesh, rules) -> tuple[TrainState, TrainState]:
+    """(abstract state, shardings) without allocating anything.
+
+    Parameter shardings come from their logical axes; the optimizer's per-parameter
+    leaves (Adam moments) follow their parameter; scalars are replicated.
+    """
+    boxed = jax.eval_shape(init_params, rng)
+    param_shardings = sharding_lib.tree_shardings(boxed, mesh, rules)
+    abstract_params = nn.meta.unbox(boxed)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, param_shardings,
+        transform_non_params=lambda _: _replicated(mesh))
+    abstract = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt,
+        rng=jax.eval_shape(lambda r: jax.random.key_data(r), rng))
+    shardings = TrainState(step=_replicated(mesh), params=param_shardings,
+                           opt_state=opt_shardings, rng=_replicated(mesh))
+    return abstract, shardings
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs carrying shardings: the restore target for orbax."""
+    return jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def create_train_state(init_params: Callable, tx: optax.GradientTransformation, rng: jax.Array,
+                       shardings: TrainState, params: Any = None) -> TrainState:
+    """Initialises the state directly into its shardings (nothing lands on one device first).
+
+    `params`, when given (e.g. restored pretrained weights), replaces the fresh ones.
+    """
+    def init(rng, params):
+        if params is None:
+            params = nn.meta.unbox(init_params(rng))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params), rng=jax.random.key_data(rng))
+    return jax.jit(init, out_shardings=shardings)(rng, params)
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule: Callable,
+                    shardings: TrainState, batch_sharding: Any, microbatches: int = 1):
+    """The jitted update: gradients (accumulated over `microbatches`), a guard that skips
+    updates with a non-finite loss or gradient, the optimizer, and the step's metrics.
+
+    The input state is donated: its buffers are reused for the new state.
+    """
+    def grads_of(params, batch, rng):
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if microbatches == 1:
+            (loss, aux), grads = grad_fn(params, batch, rng, False)
+            return loss, aux, grads
+        split = jax.tree_util.tree_map(
+            lambda x: x.reshape(microbatches, x.shape[0] // microbatches, *x.shape[1:]), batch)
+
+        def accumulate(carry, xs):
+            index, micro = xs
+            (loss, aux), grads = grad_fn(params, micro, jax.random.fold_in(rng, index), False)
+            summed = jax.tree_util.tree_map(jnp.add, carry, (loss, aux, grads))
+            return summed, None
+        zeros = jax.tree_util.tree_map(
+            jnp.zeros_like, jax.eval_shape(lambda: grad_fn(params, jax.tree_util.tree_map(
+                lambda x: x[0], split), rng, False)))
+        zeros = (zeros[0][0], zeros[0][1], zeros[1])
+        (loss, aux, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(microbatches), split))
+        scale = 1.0 / microbatches
+        return loss * scale, jax.tree_util.tree_map(lambda x: x * scale, aux), \
+            jax.tree_util.tree_map(lambda g: g * scale, grads)
+
+    def step(state: TrainState, batch):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        loss, aux, grads = grads_of(state.params, batch, rng)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        # A non-finite step leaves params and optimizer state untouched; the step
+        # counter still advances (its data was consumed).
+        keep = lambda new, old: jax.tree_util.tree_map(
+            lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
+                                  opt_state=keep(opt_state, state.opt_state))
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
+                   "nonfinite": jnp.logical_not(finite).astype(jnp.int32), **aux}
+        return new_state, metrics
+
+    return jax.jit(step, in_shardings=(shardings, batch_sharding),
+                   out_shardings=(shardings, None), donate_argnums=(0,))
+
+
+def make_eval_step(loss_fn: LossFn, param_shardings: Any, batch_sharding: Any):
+    """The jitted deterministic loss (no dropout) of a batch."""
+    def step(params, batch):
+        loss, aux = loss_fn(params, batch, None, True)
+        return {"loss": loss, **aux}
+    return jax.jit(step, in_shardings=(param_shardings, batch_sharding))
+
+
+class StopRequested:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps, so a preempted
+    or interrupted job commits a checkpoint before it exits."""
+
+    def __init__(self):
+        self.signal_name: Optional[str] = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay with the caller
+                pass
+        return self
+
+    def _handle(self, signum, _frame):
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __bool__(self):
+        return self.signal_name is not None
+
+
+@dataclasses.dataclass
+class LoopConfig:
+    num_steps: int                  # the schedule's length
+    stop_at_step: int = 0           # stop after this step (0: run to num_steps)
+    log_every_steps: int = 50
+    eval_every_steps: int = 0       # 0: only at the end
+    checkpoint_every_steps: int = 1000
+    max_nonfinite_in_a_row: int = 10
+    tokens_per_step: int = 0
+    flops_per_step: float = 0.0
+    peak_flops: float = 0.0         # all devices together; 0 leaves MFU out
+    progress: bool = True
+
+
+class NonFiniteError(RuntimeError):
+    """Raised when too many consecutive steps had a NaN/Inf loss or gradient."""
+
+
+def train_loop(state: TrainState, train_step, batches: Iterator, to_global: Callable,
+               cfg: LoopConfig, writer, checkpointer, save_meta: dict,
+               evaluate: Optional[Callable[[Any], dict]] = None) -> tuple[TrainState, dict]:
+    """Runs steps from `state.step` to the stop step, logging, evaluating and checkpointing.
+
+    `batches` must expose grain's `get_state()`; `to_global` turns a host batch into a
+    sharded global array. Returns the final state and the last train/eval metrics.
+    """
+    from tqdm import tqdm
+    start = int(state.step)
+    stop = min(cfg.stop_at_step or cfg.num_steps, cfg.num_steps)
+    last: dict = {}
+    nonfinite_run = 0
+    is_main = jax.process_index() == 0
+    bar = tqdm(total=stop, initial=start, disable=not (cfg.progress and is_main),
+               dynamic_ncols=True, desc="train")
+
+    def save(step):
+        if checkpointer is not None:
+            checkpointer.save(step, state, batches.get_state(), save_meta)
+
+    with StopRequested() as stop_requested:
+        window_start, window_steps = time.perf_counter(), 0
+        step = start
+        while step < stop:
+            batch = to_global(next(batches))
+            state, metrics = train_step(state, batch)
+            step += 1
+            window_steps += 1
+            if step == start + 1 or step % cfg.log_every_steps == 0 or step == stop:
+                metrics = jax.device_get(metrics)
+                elapsed = time.perf_counter() - window_start
+                rate = window_steps / max(elapsed, 1e-9)
+                window_start, window_steps = time.perf_counter(), 0
+                last = {k: float(v) for k, v in metrics.items()}
+                last["perplexity"] = float(np.exp(min(last["loss"], 50.0)))
+                if step > start + 1:  # the first window includes compilation
+                    last["tokens_per_sec"] = rate * cfg.tokens_per_step
+                    last["steps_per_sec"] = rate
+                    if cfg.peak_flops > 0:
+                        last["mfu"] = rate * cfg.flops_per_step / cfg.peak_flops
+                if evaluate is not None and (step == stop or (
+                        cfg.eval_every_steps and step % cfg.eval_every_steps == 0)):
+                    last.update({f"val_{k}": v for k, v in evaluate(state.params).items()})
+                writer.write(step, last)
+                bar.set_postfix(loss=f"{last['loss']:.3f}",
+                                tok_s=f"{last.get('tokens_per_sec', 0):.0f}", refresh=False)
+            else:
+                # Only the non-finite flag is fetched every step (a scalar), so the
+                # guard works without synchronising on the full metrics.
+                metrics = {"nonfinite": metrics["nonfinite"]}
+            if int(metrics["nonfinite"]):
+                nonfinite_run += 1
+                if nonfinite_run >= cfg.max_nonfinite_in_a_row:
+                    bar.close()
+                    raise NonFiniteError(
+                        f"{nonfinite_run} consecutive steps (up to step {step}) had a non-finite "
+                        f"loss or gradient; their updates were skipped and the job stopped. The "
+                        f"last good checkpoint is step {checkpointer and checkpointer.latest_step()}.")
+            else:
+                nonfinite_run = 0
+            bar.update(1)
+            if step % cfg.checkpoint_every_steps == 0 or step == stop:
+                save(step)
+            if stop_requested:
+                if step % cfg.checkpoint_every_steps and step != stop:
+                    save(step)
+                bar.write(f"{stop_requested.signal_name}: checkpointed step {step}, exiting")
+                break
+        bar.close()
+        if checkpointer is not None:
+            checkpointer.wait()
+    return state, last
