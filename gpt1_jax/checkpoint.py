@@ -29,12 +29,20 @@ class CheckpointError(ValueError):
     """A checkpoint that does not fit the model or job that tries to restore it."""
 
 
+def _path_name(path) -> str:
+    # Saved metadata turns attributes and tuple fields into dict keys and indices, so
+    # compare paths by their names alone.
+    parts = (getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+    return "/".join(str(p) for p in parts)
+
+
+def _shapes(tree: Any) -> dict:
+    return {_path_name(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def _check_fits(path, target: Any, found: Any) -> None:
     """Raises CheckpointError listing leaves whose shape differs between target and found."""
-    target_shapes = {jax.tree_util.keystr(k): tuple(v.shape)
-                     for k, v in jax.tree_util.tree_leaves_with_path(target)}
-    found_shapes = {jax.tree_util.keystr(k): tuple(v.shape)
-                    for k, v in jax.tree_util.tree_leaves_with_path(found)}
+    target_shapes, found_shapes = _shapes(target), _shapes(found)
     problems = []
     for key in sorted(set(target_shapes) | set(found_shapes)):
         want, got = target_shapes.get(key), found_shapes.get(key)
@@ -60,7 +68,11 @@ class Checkpointer:
                 # demand (end of run, preemption).
                 save_interval_steps=1,
             ),
-            item_names=("state", "data", "meta"),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def latest_step(self) -> Optional[int]:

@@ -3,10 +3,11 @@
     python -m gpt1_jax.main --config=configs/demo.py --workdir=runs/demo \
         [--config.train.num_steps=100 --config.train.batch_size=8 ...]
 """
+import logging
 import pathlib
-import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
@@ -31,6 +32,9 @@ def initialize_distributed(config) -> None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Library chatter (orbax, XLA) at warnings only; this project's own progress at info.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("gpt1_jax").setLevel(logging.INFO)
     config = _CONFIG.value
     workdir = pathlib.Path(_WORKDIR.value)
     initialize_distributed(config)

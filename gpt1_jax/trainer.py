@@ -7,6 +7,7 @@ derived from the parameters' logical axes, and it is initialised directly into t
 """
 import dataclasses
 import signal
+import sys
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -109,7 +110,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
     def step(state: TrainState, batch):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         loss, aux, grads = grads_of(state.params, batch, rng)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
@@ -247,7 +248,8 @@ def train_loop(state: TrainState, train_step, batches: Iterator, to_global: Call
             if stop_requested:
                 if step % cfg.checkpoint_every_steps and step != stop:
                     save(step)
-                bar.write(f"{stop_requested.signal_name}: checkpointed step {step}, exiting")
+                print(f"{stop_requested.signal_name}: checkpointed step {step}, exiting",
+                      file=sys.stderr, flush=True)
                 break
         bar.close()
         if checkpointer is not None:
