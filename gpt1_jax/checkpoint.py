@@ -13,6 +13,7 @@ config), the format that fine-tuning, sampling and evaluation jobs take as `init
 Restoring takes abstract targets (`jax.ShapeDtypeStruct` with shardings), so a
 checkpoint written on one mesh restores onto any other.
 """
+import dataclasses
 import json
 import pathlib
 from typing import Any, Optional
@@ -143,3 +144,64 @@ def load_params(directory, abstract_params: Any) -> Any:
     with ocp.StandardCheckpointer() as checkpointer:
         _check_fits(path, abstract_params, checkpointer.metadata(path).item_metadata)
         return checkpointer.restore(path, abstract_params)
+
+
+def load_params_from_state(step_dir, abstract_params: Any) -> Any:
+    """Restores only the parameters of a training checkpoint `<workdir>/checkpoints/<step>`
+    (the optimizer state is not read)."""
+    path = pathlib.Path(step_dir).absolute() / "state"
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is missing: {step_dir} is not a training checkpoint")
+    target = {"params": abstract_params}
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        found = checkpointer.metadata(path).item_metadata
+        _check_fits(path, target, {"params": found["params"]})
+        restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True))
+    return restored["params"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """A model to start from: a params export or a training checkpoint.
+
+    `kind` is "export" or "state"; `model_config` is the recorded ModelConfig as a dict;
+    `tokenizer_dir` is where the tokenizer it was trained with is recorded.
+    """
+    kind: str
+    path: pathlib.Path
+    model_config: dict
+    tokenizer_dir: pathlib.Path
+
+    def load_params(self, abstract_params: Any) -> Any:
+        if self.kind == "export":
+            return load_params(self.path, abstract_params)
+        return load_params_from_state(self.path, abstract_params)
+
+
+def find_pretrained(path) -> Pretrained:
+    """Resolves `init_from`: a params export dir, a training checkpoint `<workdir>/checkpoints/<step>`,
+    or a workdir (its export when the run finished, else its latest checkpoint)."""
+    path = pathlib.Path(path).expanduser().absolute()
+    if (path / "export" / EXPORT_MODEL_JSON).is_file():
+        path = path / "export"
+    elif (path / CHECKPOINT_DIR).is_dir():
+        steps = sorted(int(p.name) for p in (path / CHECKPOINT_DIR).iterdir() if p.name.isdigit())
+        if not steps:
+            raise CheckpointError(f"{path / CHECKPOINT_DIR} holds no finished checkpoint")
+        path = path / CHECKPOINT_DIR / str(steps[-1])
+    if (path / EXPORT_MODEL_JSON).is_file():
+        return Pretrained("export", path, read_model_config(path), path / "tokenizer")
+    meta_file = path / "meta" / "metadata"
+    if (path / "state").is_dir() and meta_file.is_file():
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{meta_file} is not valid JSON: {e}") from e
+        if "model" not in meta:
+            raise CheckpointError(f"{meta_file} records no model config")
+        return Pretrained("state", path, meta["model"], path.parent.parent / "tokenizer")
+    raise CheckpointError(f"{path} is neither a params export ({EXPORT_MODEL_JSON} + "
+                          f"{EXPORT_PARAMS_DIR}/), a training checkpoint (state/ + meta/) nor a "
+                          f"workdir with either")
