@@ -41,8 +41,14 @@ def main(argv) -> None:
     if config.mode == "pretrain":
         from gpt1_jax import pretrain
         pretrain.run(config, workdir)
+    elif config.mode == "finetune":
+        from gpt1_jax import finetune
+        finetune.run(config, workdir)
+    elif config.mode == "eval":
+        from gpt1_jax import finetune
+        finetune.run_eval(config, workdir)
     else:
-        raise app.UsageError(f"config.mode={config.mode!r}; expected 'pretrain'")
+        raise app.UsageError(f"config.mode={config.mode!r}; expected pretrain, finetune or eval")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""Discriminative fine-tuning on one of the paper's tasks (GPT-1 §3.2, §4.1).
+
+    python -m gpt1_jax.main --config=configs/finetune.py:sst2 --workdir=runs/sst2 \
+        --config.init_from=runs/demo --config.data.data_dir=../shared/data/glue
+
+The recipe is the paper's: lr 6.25e-5, batch 32, 3 epochs, linear warm-up over 0.2% of
+the steps then linear decay to 0, weight decay 0.01, classifier dropout 0.1, auxiliary
+LM loss with weight 0.5. The model's shape comes from the pretrained checkpoint
+(`init_from`); without one, `model` below is used and trained from random
+initialisation (the paper's "no pre-training" ablation).
+
+Tasks: mnli snli scitail qnli rte race race/middle race/high story_cloze mrpc qqp stsb cola sst2
+"""
+import importlib.util
+import pathlib
+
+
+def _paper_config():
+    spec = importlib.util.spec_from_file_location("gpt1_paper_config",
+                                                  pathlib.Path(__file__).with_name("gpt1.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config(task: str = "sst2"):
+    config = _paper_config()
+    config.mode = "finetune"
+    config.task = task
+    config.init_from = ""          # pretraining workdir, training checkpoint or params export
+    config.data.data_dir = ""      # task files (GLUE dir, Story Cloze dir, ...) or TFDS data_dir
+    config.data.source = "files"   # or "tfds"
+    config.data.max_train_examples = 0   # > 0: a seeded subset of the training set (quick runs)
+    config.data.max_eval_examples = 0
+
+    config.finetune = dict(
+        lm_coef=0.5,               # λ of L3 = L2 + λ L1; 0 turns the auxiliary LM loss off
+        clf_pdrop=0.1,
+        transfer_layers=-1,        # transfer the embeddings and the first N blocks; -1: all
+        max_len=0,                 # pad/truncate sequences to this; 0: the longest needed, <= n_ctx
+    )
+    config.train.update(batch_size=32, num_epochs=3, num_steps=0, log_every_steps=10,
+                        eval_every_steps=0, eval_batches=0)
+    config.optimizer.update(learning_rate=6.25e-5, schedule="warmup_linear",
+                            warmup_steps=-1)   # -1: 0.2% of the steps
+    config.checkpoint.update(every_steps=500, max_to_keep=1)
+    return config

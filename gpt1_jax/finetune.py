@@ -1,0 +1,174 @@
+"""The discriminative fine-tuning job (GPT-1 §3.2-3.3, §4.1).
+
+    pretrained params (or random init) --transplant--> task model (heads.py)
+    task files / TFDS --task_data--> packed sequences --> sharded train steps
+    --> checkpoints, metrics --> evaluation and GLUE prediction files (evaluate.py)
+"""
+import dataclasses
+import json
+import pathlib
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gpt1_jax import checkpoint as checkpoint_lib
+from gpt1_jax import evaluate
+from gpt1_jax import heads
+from gpt1_jax import model as model_lib
+from gpt1_jax import optim
+from gpt1_jax import pretrain
+from gpt1_jax import reporting
+from gpt1_jax import sharding as sharding_lib
+from gpt1_jax import tokenizers
+from gpt1_jax import trainer
+from gpt1_jax.data import task_data as task_data_lib
+from gpt1_jax.data import tasks as tasks_lib
+
+N_SPECIAL = len(tokenizers.SPECIAL_TOKENS)   # start, delimiter, classify
+
+
+def transplant(pretrained_params, fresh_params, transfer_layers: int):
+    """Fresh task-model params with the pretrained transformer copied in: the embeddings
+    (token rows of the vocabulary; the specials stay freshly initialised) and the first
+    `transfer_layers` blocks (-1: all)."""
+    params = jax.tree_util.tree_map(lambda x: x, fresh_params)
+    body = dict(params["transformer"])
+    vocab = pretrained_params["tokens_embed"]["embedding"].shape[0]
+    table = body["tokens_embed"]["embedding"]
+    body["tokens_embed"] = {"embedding": table.at[:vocab].set(pretrained_params["tokens_embed"]["embedding"])}
+    body["positions_embed"] = pretrained_params["positions_embed"]
+    n_layer = sum(1 for k in pretrained_params if k.startswith("h_"))
+    n = n_layer if transfer_layers < 0 else min(transfer_layers, n_layer)
+    for i in range(n):
+        body[f"h_{i}"] = pretrained_params[f"h_{i}"]
+    params["transformer"] = body
+    return params
+
+
+def _pretrained_initial_params(pretrained, body_cfg, init_params, rng, param_shardings, mesh,
+                               rules, transfer_layers):
+    """Fresh task-model params (in their shardings) with the pretrained body transplanted."""
+    body = model_lib.GPT1(body_cfg)
+    boxed = jax.eval_shape(lambda r: body.init(r, jnp.zeros((1, 8), jnp.int32))["params"], rng)
+    target = trainer.with_shardings(nn.meta.unbox(boxed), sharding_lib.tree_shardings(boxed, mesh, rules))
+    pretrained_params = pretrained.load_params(target)
+    fresh = jax.jit(lambda r: nn.meta.unbox(init_params(r)), out_shardings=param_shardings)(rng)
+    return transplant(pretrained_params, fresh, transfer_layers)
+
+
+def run(config: ml_collections.ConfigDict, workdir) -> dict:
+    """Fine-tunes on `config.task` in `workdir`, then evaluates; returns the summary."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    spec = tasks_lib.get_task(config.task)
+
+    pretrained = checkpoint_lib.find_pretrained(config.init_from) if config.init_from else None
+    if pretrained is not None:
+        base_cfg = model_lib.ModelConfig(**pretrained.model_config)
+        tokenizer = tokenizers.load_tokenizer(pretrained.tokenizer_dir)
+    else:
+        tokenizer = tokenizers.gpt1_bpe_tokenizer() if config.data.tokenizer == "gpt1_bpe" else None
+        if tokenizer is None:
+            raise ValueError("fine-tuning without init_from needs data.tokenizer='gpt1_bpe'")
+        base_cfg = pretrain.model_config(config, tokenizer.vocab_size)
+    if base_cfg.n_special not in (0, N_SPECIAL):
+        raise ValueError(f"init_from {config.init_from} has n_special={base_cfg.n_special}")
+    mcfg = dataclasses.replace(base_cfg, n_special=N_SPECIAL, vocab_size=base_cfg.vocab_size)
+    if tokenizer.vocab_size != mcfg.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} entries, model {mcfg.vocab_size}")
+
+    data = task_data_lib.load_task_data(
+        spec.name, tokenizer, mcfg.n_ctx, data_dir=config.data.data_dir, source=config.data.source,
+        max_train_examples=config.data.max_train_examples,
+        max_eval_examples=config.data.max_eval_examples, seed=config.seed,
+        max_len=config.finetune.max_len)
+    n_train = len(data.train["label"])
+    batch_size = config.train.batch_size
+    num_steps = config.train.num_steps or max(1, config.train.num_epochs * n_train // batch_size)
+    warmup = config.optimizer.warmup_steps
+    if warmup < 0:
+        warmup = int(round(0.002 * num_steps))
+    ocfg = optim.OptimizerConfig(total_steps=num_steps, **{**dict(config.optimizer), "warmup_steps": warmup})
+    model = heads.task_model(spec, mcfg, config.finetune.clf_pdrop)
+    tx = optim.make_optimizer(ocfg)
+
+    mesh = sharding_lib.make_mesh(dict(config.mesh))
+    rules = pretrain.sharding_rules(config)
+    if batch_size % sharding_lib.data_parallel_size(mesh, rules):
+        raise ValueError(f"train.batch_size={batch_size} is not divisible by the data-parallel devices")
+
+    s = data.train["tokens"].shape[1]
+    def init_params(rng):
+        return model.init(rng, jnp.zeros((1, s, data.max_len), jnp.int32),
+                          jnp.zeros((1, s), jnp.int32))["params"]
+    rng = jax.random.key(config.seed)
+    abstract, shardings = trainer.state_shardings(init_params, tx, rng, mesh, rules)
+    checkpointer = checkpoint_lib.Checkpointer(workdir, config.checkpoint.max_to_keep,
+                                               config.checkpoint.async_save)
+    batches = task_data_lib.make_batches(data.train, batch_size, config.seed, jax.process_index(), jax.process_count())
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state, data_state, _ = checkpointer.restore(latest, trainer.with_shardings(abstract, shardings))
+        batches.set_state(data_state)
+    else:
+        initial = None
+        if pretrained is not None:
+            initial = _pretrained_initial_params(pretrained, base_cfg, init_params, rng, shardings.params,
+                                                 mesh, rules, config.finetune.transfer_layers)
+        state = trainer.create_train_state(init_params, tx, rng, shardings, params=initial)
+
+    batch_shardings = {k: sharding_lib.batch_sharding(mesh, rules, v.ndim) for k, v in data.train.items()}
+    to_global = lambda rows: {k: sharding_lib.global_batch(v, batch_shardings[k]) for k, v in rows.items()}
+    loss_fn = heads.task_loss_fn(model, config.finetune.lm_coef)
+    train_step = trainer.make_train_step(loss_fn, tx, optim.learning_rate_schedule(ocfg), shardings,
+                                         batch_shardings, config.train.microbatches)
+    if is_main:
+        print(f"Fine-tuning on {spec.name}: {n_train:,} examples x {s} sequences of {data.max_len} "
+              f"tokens, {num_steps:,} steps of {batch_size}; init_from={config.init_from or 'random'}")
+    writer = reporting.MetricsWriter(workdir)
+    loop_cfg = trainer.LoopConfig(
+        num_steps=num_steps, stop_at_step=config.train.stop_at_step,
+        log_every_steps=config.train.log_every_steps, eval_every_steps=config.train.eval_every_steps,
+        checkpoint_every_steps=config.checkpoint.every_steps,
+        max_nonfinite_in_a_row=config.train.max_nonfinite_in_a_row,
+        tokens_per_step=batch_size * s * data.max_len, progress=config.train.progress)
+    save_meta = {"config": config.to_dict(), "model": dataclasses.asdict(mcfg), "task": spec.name,
+                 "num_steps": num_steps, "max_len": data.max_len}
+    started = time.time()
+    try:
+        state, last = trainer.train_loop(state, train_step, batches, to_global, loop_cfg, writer,
+                                         checkpointer, save_meta)
+    finally:
+        writer.close()
+        checkpointer.close()
+
+    summary = {"task": spec.name, "num_params": model_lib.count_params(abstract.params),
+               "step": int(state.step), "num_steps": num_steps, "train_loss": last.get("loss"),
+               "init_from": config.init_from, "lm_coef": config.finetune.lm_coef,
+               "transfer_layers": config.finetune.transfer_layers,
+               "seconds_this_run": round(time.time() - started, 1)}
+    if int(state.step) >= num_steps:
+        export = workdir / pretrain.EXPORT_DIR
+        checkpoint_lib.save_params(export, state.params, {**dataclasses.asdict(mcfg), "task": spec.name,
+                                                          "max_len": data.max_len})
+        if is_main:
+            tokenizer.save(export / pretrain.TOKENIZER_DIR)
+        summary["eval"] = evaluate.evaluate_splits(model, state.params, data, batch_size, workdir)
+    _write_summary(workdir, summary)
+    if is_main and "eval" in summary:
+        print(json.dumps(summary["eval"]))
+    return summary
+
+
+def _write_summary(workdir: pathlib.Path, values: dict) -> None:
+    path = workdir / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary.update({k: v for k, v in values.items() if v is not None})
+    if jax.process_index() == 0:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
+        tmp.replace(path)
