@@ -28,6 +28,7 @@ from gpt1_jax.data import task_data as task_data_lib
 from gpt1_jax.data import tasks as tasks_lib
 
 N_SPECIAL = len(tokenizers.SPECIAL_TOKENS)   # start, delimiter, classify
+TASK_JSON = "task.json"                      # beside a fine-tuned export's model.json
 
 
 def transplant(pretrained_params, fresh_params, transfer_layers: int):
@@ -81,6 +82,8 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
     if tokenizer.vocab_size != mcfg.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.vocab_size} entries, model {mcfg.vocab_size}")
 
+    if is_main:
+        tokenizer.save(workdir / pretrain.TOKENIZER_DIR)
     data = task_data_lib.load_task_data(
         spec.name, tokenizer, mcfg.n_ctx, data_dir=config.data.data_dir, source=config.data.source,
         max_train_examples=config.data.max_train_examples,
@@ -153,10 +156,10 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
                "seconds_this_run": round(time.time() - started, 1)}
     if int(state.step) >= num_steps:
         export = workdir / pretrain.EXPORT_DIR
-        checkpoint_lib.save_params(export, state.params, {**dataclasses.asdict(mcfg), "task": spec.name,
-                                                          "max_len": data.max_len})
+        checkpoint_lib.save_params(export, state.params, dataclasses.asdict(mcfg))
         if is_main:
             tokenizer.save(export / pretrain.TOKENIZER_DIR)
+            (export / TASK_JSON).write_text(json.dumps({"task": spec.name, "max_len": data.max_len}))
         summary["eval"] = evaluate.evaluate_splits(model, state.params, data, batch_size, workdir)
     _write_summary(workdir, summary)
     if is_main and "eval" in summary:
@@ -172,3 +175,47 @@ def _write_summary(workdir: pathlib.Path, values: dict) -> None:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
         tmp.replace(path)
+
+
+def _recorded_task(model_source: checkpoint_lib.Pretrained) -> str:
+    """The task a fine-tuned export or checkpoint was trained on."""
+    if model_source.kind == "export":
+        path = model_source.path / TASK_JSON
+        if not path.is_file():
+            raise checkpoint_lib.CheckpointError(
+                f"{path} is missing: {model_source.path} is not a fine-tuned model")
+        return json.loads(path.read_text())["task"]
+    meta = json.loads((model_source.path / "meta" / "metadata").read_text())
+    if "task" not in meta:
+        raise checkpoint_lib.CheckpointError(f"{model_source.path} is not a fine-tuning checkpoint")
+    return meta["task"]
+
+
+def run_eval(config: ml_collections.ConfigDict, workdir) -> dict:
+    """Evaluates a fine-tuned model (`init_from`, default: `workdir`) on its task's evaluation
+    splits; writes the metrics under `eval` in `<workdir>/summary.json` and the predictions."""
+    workdir = pathlib.Path(workdir)
+    model_source = checkpoint_lib.find_pretrained(config.init_from or workdir)
+    task = _recorded_task(model_source)
+    if task != config.task:
+        raise ValueError(f"{model_source.path} was fine-tuned on {task!r}, not on task {config.task!r}")
+    spec = tasks_lib.get_task(task)
+    mcfg = model_lib.ModelConfig(**model_source.model_config)
+    tokenizer = tokenizers.load_tokenizer(model_source.tokenizer_dir)
+    data = task_data_lib.load_task_data(
+        spec.name, tokenizer, mcfg.n_ctx, data_dir=config.data.data_dir, source=config.data.source,
+        with_train=False, max_eval_examples=config.data.max_eval_examples, seed=config.seed)
+    model = heads.task_model(spec, mcfg, config.finetune.clf_pdrop)
+    s = next(iter(data.evals.values()))["tokens"].shape[1]
+    mesh = sharding_lib.make_mesh(dict(config.mesh))
+    rules = pretrain.sharding_rules(config)
+    boxed = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, s, data.max_len), jnp.int32),
+                                                jnp.zeros((1, s), jnp.int32))["params"], jax.random.key(0))
+    params = model_source.load_params(
+        trainer.with_shardings(nn.meta.unbox(boxed), sharding_lib.tree_shardings(boxed, mesh, rules)))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = evaluate.evaluate_splits(model, params, data, config.train.batch_size, workdir)
+    _write_summary(workdir, {"eval": results, "evaluated": str(model_source.path)})
+    if jax.process_index() == 0:
+        print(json.dumps(results))
+    return results
