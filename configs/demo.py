@@ -21,8 +21,8 @@ def _paper_config():
 def get_config():
     config = _paper_config()
     config.model.update(n_ctx=128, n_layer=4, n_head=4, d_model=256, d_ff=1024)
-    config.train.update(batch_size=16, num_steps=600, log_every_steps=25,
-                        eval_every_steps=200, eval_batches=20)
-    config.optimizer.update(learning_rate=1e-3, warmup_steps=60)
-    config.checkpoint.update(every_steps=200)
+    config.train.update(batch_size=16, num_steps=300, log_every_steps=10,
+                        eval_every_steps=100, eval_batches=20)
+    config.optimizer.update(learning_rate=1e-3, warmup_steps=30)
+    config.checkpoint.update(every_steps=100)
     return config

@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
         tokenizer="gpt1_bpe",            # or "sentencepiece" (trained on the corpus)
         sentencepiece_vocab_size=8192,
         text_files="",                   # comma-separated paths or globs; "" = the bundled books
+        unwrap_lines=True,               # join hard-wrapped lines within paragraphs (corpus.py)
         tfds_name="",                    # e.g. "lm1b": read through tfds.data_source instead of files
         tfds_split="train",
         tfds_text_key="text",

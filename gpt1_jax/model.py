@@ -84,22 +84,37 @@ def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
     )
 
 
+def attention_weights(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, visible_BxTxS: jax.Array) -> jax.Array:
+    """Softmax of the 1/sqrt(K)-scaled scores of T queries over S keys, in float32;
+    a key that is not `visible` to a query gets no weight."""
+    scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
+    scores_BxHxTxS = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32) * scale
+    scores_BxHxTxS = jnp.where(visible_BxTxS[:, None], scores_BxHxTxS, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores_BxHxTxS, axis=-1)
+
+
 def causal_attention_weights(q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array) -> jax.Array:
     """Softmax of the causally masked, 1/sqrt(K)-scaled scores, in float32."""
-    scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
-    scores_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxTxHxK).astype(jnp.float32) * scale
     t = q_BxTxHxK.shape[1]
-    causal_TxT = jnp.tril(jnp.ones((t, t), dtype=bool))
-    scores_BxHxTxT = jnp.where(causal_TxT, scores_BxHxTxT, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(scores_BxHxTxT, axis=-1)
+    causal_1xTxT = jnp.tril(jnp.ones((t, t), dtype=bool))[None]
+    return attention_weights(q_BxTxHxK, k_BxTxHxK, causal_1xTxT)
 
 
 class CausalSelfAttention(nn.Module):
-    """Fused-QKV multi-head causal self-attention with an output projection."""
+    """Fused-QKV multi-head causal self-attention with an output projection.
+
+    With `decode=True` the keys and values are also kept in a "cache" collection,
+    one slot per position: a call writes its tokens' keys and values at their
+    `positions_BxT` and lets each query see the slots at or before its position.
+    So a prompt is read in one call (prefill) and each new token in one more, and
+    rows of a batch may stand at different positions. The cache holds as many
+    slots as the `model.init(..., decode=True)` call had tokens (see `init_cache`).
+    """
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, x_BxTxD: jax.Array, deterministic: bool, decode: bool = False,
+                 positions_BxT: Optional[jax.Array] = None) -> jax.Array:
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         # The QKV kernel is [D, 3, H, K] rather than [D, 3D]: naming the heads axis
@@ -113,7 +128,9 @@ class CausalSelfAttention(nn.Module):
         )(x_BxTxD)
         q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
 
-        if cfg.attention == "einsum":
+        if decode:
+            out_BxTxHxK = self._attend_through_cache(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, positions_BxT)
+        elif cfg.attention == "einsum":
             probs_BxHxTxT = causal_attention_weights(q_BxTxHxK, k_BxTxHxK)
             probs_BxHxTxT = nn.Dropout(cfg.attn_pdrop)(probs_BxHxTxT, deterministic=deterministic)
             out_BxTxHxK = jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxT.astype(dtype), v_BxTxHxK)
@@ -135,6 +152,21 @@ class CausalSelfAttention(nn.Module):
             name="c_proj",
         )(out_BxTxHxK)
         return nn.Dropout(cfg.resid_pdrop)(y_BxTxD, deterministic=deterministic)
+
+    def _attend_through_cache(self, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, positions_BxT):
+        # Created on the first (init) call with that call's shape: S = its T slots.
+        cached_k = self.variable("cache", "key", jnp.zeros, k_BxTxHxK.shape, k_BxTxHxK.dtype)
+        cached_v = self.variable("cache", "value", jnp.zeros, v_BxTxHxK.shape, v_BxTxHxK.dtype)
+        rows_Bx1 = jnp.arange(positions_BxT.shape[0])[:, None]
+        cached_k.value = cached_k.value.at[rows_Bx1, positions_BxT].set(k_BxTxHxK)
+        cached_v.value = cached_v.value.at[rows_Bx1, positions_BxT].set(v_BxTxHxK)
+        k_BxSxHxK, v_BxSxHxK = cached_k.value, cached_v.value
+        # Slots after a query's position are stale or empty: a shorter row of a batch
+        # leaves padding there, which its own later tokens overwrite before anyone sees it.
+        slots_S = jnp.arange(k_BxSxHxK.shape[1])
+        visible_BxTxS = slots_S[None, None, :] <= positions_BxT[:, :, None]
+        probs_BxHxTxS = attention_weights(q_BxTxHxK, k_BxSxHxK, visible_BxTxS)
+        return jnp.einsum("bhqs,bshk->bqhk", probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
 
 
 class MLP(nn.Module):
@@ -158,8 +190,10 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, deterministic: bool) -> jax.Array:
-        a_BxTxD = CausalSelfAttention(self.config, name="attn")(x_BxTxD, deterministic)
+    def __call__(self, x_BxTxD: jax.Array, deterministic: bool, decode: bool = False,
+                 positions_BxT: Optional[jax.Array] = None) -> jax.Array:
+        a_BxTxD = CausalSelfAttention(self.config, name="attn")(x_BxTxD, deterministic, decode,
+                                                                positions_BxT)
         n_BxTxD = _layer_norm(self.config, "ln_1")(x_BxTxD + a_BxTxD)
         m_BxTxD = MLP(self.config, name="mlp")(n_BxTxD, deterministic)
         return _layer_norm(self.config, "ln_2")(n_BxTxD + m_BxTxD)
@@ -171,6 +205,9 @@ class GPT1(nn.Module):
     `__call__(tokens_BxT)` returns `(logits_BxTxV, hidden_BxTxD)`, the logits in float32
     over the token table (vocabulary and any specials). Pass `with_logits=False` to get
     only the hidden states (the head is the largest matmul of the model).
+
+    `decode=True` (with `mutable=["cache"]`) reads tokens at `positions_BxT` against
+    a key/value cache from `init_cache`, the incremental form `generate.py` uses.
     """
     config: ModelConfig
 
@@ -185,23 +222,27 @@ class GPT1(nn.Module):
         self.embed_dropout = nn.Dropout(cfg.embd_pdrop)
         block_cls = Block
         if cfg.remat == "block":
-            block_cls = nn.remat(Block, static_argnums=(2,))
+            block_cls = nn.remat(Block, static_argnums=(2, 3))
         self.blocks = [block_cls(cfg, name=f"h_{i}") for i in range(cfg.n_layer)]
 
     def __call__(self, tokens_BxT: jax.Array, *, deterministic: bool = True,
-                 positions_BxT: Optional[jax.Array] = None, with_logits: bool = True):
+                 positions_BxT: Optional[jax.Array] = None, with_logits: bool = True,
+                 decode: bool = False):
         cfg = self.config
         t = tokens_BxT.shape[1]
         if t > cfg.n_ctx:
             raise ValueError(f"sequence length {t} exceeds model.n_ctx={cfg.n_ctx}")
         if positions_BxT is None:
             positions_BxT = jnp.arange(t)[None, :]
+        if decode:
+            # The positions also name the cache slots each row writes, so one per token.
+            positions_BxT = jnp.broadcast_to(positions_BxT, tokens_BxT.shape)
         x_BxTxD = self.tokens_embed(tokens_BxT) + self.positions_embed(positions_BxT)
         # HF-style dropout of the summed embeddings; the released TF code instead drops
         # rows of the whole table (train.py:165), which also perturbs the tied head.
         x_BxTxD = self.embed_dropout(x_BxTxD, deterministic=deterministic).astype(jnp.dtype(cfg.dtype))
         for block in self.blocks:
-            x_BxTxD = block(x_BxTxD, deterministic)
+            x_BxTxD = block(x_BxTxD, deterministic, decode, positions_BxT if decode else None)
         if not with_logits:
             return None, x_BxTxD
         return self.logits(x_BxTxD), x_BxTxD
@@ -216,3 +257,12 @@ class GPT1(nn.Module):
 def count_params(params) -> int:
     """Number of scalars in a parameter tree."""
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def init_cache(config: ModelConfig, batch_size: int, length: int):
+    """An empty key/value cache of `length` slots (positions 0..length-1) per row, for
+    `GPT1.apply({"params": ..., "cache": cache}, ..., decode=True, mutable=["cache"])`."""
+    model = GPT1(config)
+    tokens_BxS = jnp.zeros((batch_size, length), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens_BxS, decode=True)["cache"])
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

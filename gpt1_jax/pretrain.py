@@ -68,14 +68,14 @@ def corpus_source(config: ml_collections.ConfigDict):
                                      data_dir=data.tfds_data_dir or None,
                                      text_key=data.tfds_text_key)
     if not data.text_files:
-        return corpus_lib.TextFilesCorpus(assets.book_files())
+        return corpus_lib.TextFilesCorpus(assets.book_files(), unwrap=data.unwrap_lines)
     paths = []
     for pattern in data.text_files.split(","):
         matches = sorted(glob.glob(os.path.expanduser(pattern.strip())))
         if not matches:
             raise FileNotFoundError(f"data.text_files: no file matches {pattern.strip()!r}")
         paths.extend(matches)
-    return corpus_lib.TextFilesCorpus(paths)
+    return corpus_lib.TextFilesCorpus(paths, unwrap=data.unwrap_lines)
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -160,6 +160,11 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
         cache.tokens, config.data.val_fraction, seq_len, corpus_name=cache.description)
 
     batch_size = config.train.batch_size
+    if corpus_lib.num_eval_batches(len(val_tokens), seq_len, batch_size) == 0:
+        raise ValueError(
+            f"{cache.description}: the validation split ({len(val_tokens):,} tokens, "
+            f"data.val_fraction={config.data.val_fraction}) holds fewer than one batch of "
+            f"{batch_size} windows of {seq_len + 1} tokens; raise data.val_fraction or use a larger corpus")
     num_steps = config.train.num_steps or config.train.num_epochs * corpus_lib.steps_per_epoch(
         len(train_tokens), seq_len, batch_size)
     mcfg = model_config(config, tokenizer.vocab_size)

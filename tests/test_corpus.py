@@ -367,3 +367,17 @@ def test_eval_batches_shard_like_training(stream_N):
 def test_eval_batches_error_when_no_full_batch(stream_N):
     with pytest.raises(ValueError, match="fewer than one global batch of 64"):
         corpus.eval_batches(stream_N, SEQ_LEN, 64)
+
+
+def test_unwrap_lines_joins_wrapped_lines_and_keeps_paragraphs():
+    text = "It was the best\nof times.\n\n\n  It was the worst  \nof times.\n"
+    assert corpus.unwrap_lines(text) == "It was the best of times.\nIt was the worst of times.\n"
+
+
+def test_unwrapping_is_part_of_the_cache_identity(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("one\ntwo\n\nthree\n")
+    wrapped = corpus.TextFilesCorpus([path])
+    unwrapped = corpus.TextFilesCorpus([path], unwrap=True)
+    assert wrapped.identity() != unwrapped.identity()
+    assert list(unwrapped.documents()) == ["one two\nthree\n"]

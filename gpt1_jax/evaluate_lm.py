@@ -1,0 +1,143 @@
+"""Language-model evaluation: the mean next-token negative log-likelihood of a text.
+
+    python -m gpt1_jax.evaluate_lm --init_from=runs/demo --text=book.txt
+    python -m gpt1_jax.evaluate_lm --init_from=runs/gpt1_openai --tfds=lm1b --tfds_split=test
+
+Each document (a text file, or a TFDS record) is tokenized as a whole, with no added
+tokens, and read in windows of n_ctx tokens. Every token but a document's first is
+predicted exactly once: with the default stride of n_ctx the windows do not overlap
+(as in pre-training), so a window's first targets see little context; a smaller
+--stride re-reads the last n_ctx - stride tokens of the previous window as context
+and scores only the new ones. The last line printed is one JSON object:
+{"tokens": scored tokens, "nll": mean NLL in nats, "perplexity": exp(nll), ...}.
+"""
+import glob
+import json
+import math
+import os
+import sys
+from typing import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from absl import logging as absl_logging
+
+from gpt1_jax import convert
+from gpt1_jax import model as model_lib
+
+
+def windows(tokens: Sequence[int], n_ctx: int, stride: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(inputs_T, targets_T, scored_T) windows of at most n_ctx inputs covering a document.
+
+    Target j (the token at index j, j >= 1) is predicted from the inputs before it and
+    scored in exactly one window; `scored_T` marks the targets that window scores.
+    """
+    if not 1 <= stride <= n_ctx:
+        raise ValueError(f"stride={stride} must be in [1, n_ctx={n_ctx}]")
+    tokens = np.asarray(tokens, np.int32)
+    last_target = len(tokens) - 1
+    scored_until, start = 0, 0
+    while scored_until < last_target:
+        end = min(start + n_ctx, last_target)
+        target_index_T = np.arange(start + 1, end + 1)
+        yield tokens[start:end], tokens[start + 1:end + 1], target_index_T > scored_until
+        scored_until, start = end, start + stride
+
+
+def _batches(documents: Sequence[Sequence[int]], n_ctx: int, stride: int, batch_size: int):
+    """Windows padded to [batch_size, n_ctx] arrays (one compiled shape); padding has weight 0."""
+    rows = [w for doc in documents for w in windows(doc, n_ctx, stride)]
+    for first in range(0, len(rows), batch_size):
+        inputs_BxT = np.zeros((batch_size, n_ctx), np.int32)
+        targets_BxT = np.zeros((batch_size, n_ctx), np.int32)
+        weights_BxT = np.zeros((batch_size, n_ctx), np.float32)
+        for row, (inputs, targets, scored) in enumerate(rows[first:first + batch_size]):
+            inputs_BxT[row, :len(inputs)] = inputs
+            targets_BxT[row, :len(targets)] = targets
+            weights_BxT[row, :len(scored)] = scored
+        yield inputs_BxT, targets_BxT, weights_BxT
+
+
+def score(config: model_lib.ModelConfig, params, documents: Sequence[Sequence[int]],
+          batch_size: int = 4, stride: int = 0) -> dict:
+    """Token count, mean NLL (nats) and perplexity of the documents' tokens (stride 0: n_ctx)."""
+    model = model_lib.GPT1(config)
+    n_ctx = config.n_ctx
+    stride = stride or n_ctx
+
+    @jax.jit
+    def losses(params, inputs_BxT, targets_BxT):
+        logits_BxTxV, _ = model.apply({"params": params}, inputs_BxT)
+        return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+
+    total, count, num_windows = 0.0, 0, 0
+    for inputs_BxT, targets_BxT, weights_BxT in _batches(documents, n_ctx, stride, batch_size):
+        losses_BxT = np.asarray(losses(params, inputs_BxT, targets_BxT), np.float64)
+        # Summed in float64 on the host: a book is millions of tokens.
+        total += float(np.sum(losses_BxT * weights_BxT))
+        count += int(weights_BxT.sum())
+        num_windows += int((weights_BxT.sum(axis=1) > 0).sum())
+    if count == 0:
+        raise ValueError("no token to score: every document has fewer than 2 tokens")
+    nll = total / count
+    return {"tokens": count, "nll": nll, "perplexity": math.exp(min(nll, 700.0)),
+            "windows": num_windows, "n_ctx": n_ctx, "stride": stride}
+
+
+def _read_documents(args) -> tuple[list[str], str]:
+    from gpt1_jax.data import corpus as corpus_lib
+    if bool(args.text) == bool(args.tfds):
+        raise app.UsageError("give exactly one of --text and --tfds")
+    if args.text:
+        paths = []
+        for pattern in args.text.split(","):
+            matches = sorted(glob.glob(os.path.expanduser(pattern.strip())))
+            if not matches:
+                raise FileNotFoundError(f"--text: no file matches {pattern.strip()!r}")
+            paths.extend(matches)
+        return [corpus_lib.read_text_file(p) for p in paths], ",".join(paths)
+    source = corpus_lib.TfdsCorpus(args.tfds, split=args.tfds_split, data_dir=args.tfds_data_dir or None,
+                                   text_key=args.tfds_text_key)
+    documents = []
+    for document in source.documents():
+        if args.max_documents and len(documents) >= args.max_documents:
+            break
+        documents.append(document)
+    return documents, source.describe()
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's restore chatter
+    args = flags.FLAGS
+    loaded = convert.read_orbax(args.init_from)
+    if loaded.tokenizer is None:
+        raise ValueError(f"{args.init_from} records no tokenizer to read the text with")
+    texts, source = _read_documents(args)
+    print(f"Tokenizing {len(texts):,} documents from {source} ...", file=sys.stderr)
+    documents = loaded.tokenizer.encode_batch(texts)
+    result = score(loaded.config, loaded.params, documents, args.batch_size, args.stride)
+    result.update(documents=len(documents), source=source, init_from=str(args.init_from))
+    print(json.dumps(result))
+
+
+def _define_flags() -> None:
+    # Defined only when run as a script, so importing `score` defines no global flags.
+    flags.DEFINE_string("init_from", None, "A params export, workdir or training checkpoint.", required=True)
+    flags.DEFINE_string("text", "", "Text files (comma-separated paths or globs), each one document.")
+    flags.DEFINE_string("tfds", "", "A TFDS text dataset instead of --text, e.g. lm1b.")
+    flags.DEFINE_string("tfds_split", "test", "TFDS split.")
+    flags.DEFINE_string("tfds_text_key", "text", "TFDS feature holding the text.")
+    flags.DEFINE_string("tfds_data_dir", "", "TFDS data directory ('' = TFDS default).")
+    flags.DEFINE_integer("max_documents", 0, "Read at most this many TFDS records (0: all).")
+    flags.DEFINE_integer("batch_size", 4, "Windows per forward pass.")
+    flags.DEFINE_integer("stride", 0, "Tokens between window starts (0: n_ctx, no overlap).")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
