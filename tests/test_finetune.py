@@ -2,8 +2,6 @@
 import dataclasses
 import json
 import pathlib
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -16,10 +14,11 @@ from gpt1_jax import heads
 from gpt1_jax import model as model_lib
 from gpt1_jax.data import tasks
 
+from conftest import run_main
+
 CFG = model_lib.ModelConfig(vocab_size=50, n_special=3, n_ctx=16, n_layer=2, n_head=2,
                             d_model=16, d_ff=32)
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _init(model, s, l=12):
@@ -113,35 +112,8 @@ def test_transplant_copies_embeddings_and_the_first_n_blocks():
 
 # --- the job, end to end on real data --------------------------------------------------------
 
-TINY_MODEL = ["--config.model.n_ctx=64", "--config.model.n_layer=1", "--config.model.n_head=2",
-              "--config.model.d_model=32", "--config.model.d_ff=64"]
-
-
-def _main(*args, expect_ok=True):
-    env_flags = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    import os
-    result = subprocess.run([sys.executable, "-m", "gpt1_jax.main", *args,
-                             "--config.train.progress=False"], cwd=REPO, capture_output=True,
-                            text=True, timeout=600, env={**os.environ, **env_flags})
-    if expect_ok:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pretrain")
-    corpus = workdir / "book.txt"
-    from gpt1_jax import assets
-    corpus.write_text(assets.book_files()[1].read_text(encoding="utf-8")[:30_000], encoding="utf-8")
-    _main("--config=configs/demo.py", f"--workdir={workdir}", *TINY_MODEL,
-          "--config.train.num_steps=3", "--config.train.batch_size=4", "--config.train.eval_batches=1",
-          "--config.data.val_fraction=0.1", f"--config.data.text_files={corpus}", f"--config.data.cache_dir={workdir / 'cache'}")
-    return workdir
-
-
 def _finetune(task, data_dir, workdir, pretrained, *extra):
-    return _main(f"--config=configs/finetune.py:{task}", f"--workdir={workdir}",
+    return run_main(f"--config=configs/finetune.py:{task}", f"--workdir={workdir}",
                  f"--config.init_from={pretrained}", f"--config.data.data_dir={data_dir}",
                  "--config.data.max_train_examples=16", "--config.data.max_eval_examples=24",
                  "--config.train.batch_size=8", *extra)
@@ -155,10 +127,10 @@ def test_sst2_fine_tuning_and_eval_mode_on_the_real_data(pretrained, tmp_path):
     assert lines[0] == "index\tprediction" and len(lines) == 25
     assert all(line.split("\t")[1] in ("0", "1") for line in lines[1:])
     # Eval mode restores the fine-tuned export and reproduces the same metrics.
-    result = _main("--config=configs/finetune.py:sst2", f"--workdir={tmp_path}", "--config.mode=eval",
+    result = run_main("--config=configs/finetune.py:sst2", f"--workdir={tmp_path}", "--config.mode=eval",
                    f"--config.data.data_dir={SHARED / 'glue'}", "--config.data.max_eval_examples=24")
     assert json.loads(result.stdout.strip().splitlines()[-1]) == summary["eval"]
-    wrong = _main("--config=configs/finetune.py:cola", f"--workdir={tmp_path}", "--config.mode=eval",
+    wrong = run_main("--config=configs/finetune.py:cola", f"--workdir={tmp_path}", "--config.mode=eval",
                   f"--config.data.data_dir={SHARED / 'glue'}", expect_ok=False)
     assert wrong.returncode != 0 and "fine-tuned on 'sst2'" in wrong.stderr
 
@@ -173,5 +145,5 @@ def test_story_cloze_multiple_choice_without_the_auxiliary_loss(pretrained, tmp_
 
 
 def test_an_unknown_task_is_an_error_naming_the_known_ones(tmp_path):
-    result = _main("--config=configs/finetune.py:sst3", f"--workdir={tmp_path}", expect_ok=False)
+    result = run_main("--config=configs/finetune.py:sst3", f"--workdir={tmp_path}", expect_ok=False)
     assert result.returncode != 0 and "unknown task 'sst3'" in result.stderr and "sst2" in result.stderr

@@ -98,3 +98,18 @@ def test_dprd_substitutes_each_candidate_and_scores_the_rest(tmp_path):
     (tmp_path / "bad.txt").write_text("one line only\n\n")
     with pytest.raises(ValueError, match="bad.txt:1"):
         zero_shot.read_dprd(tmp_path / "bad.txt")
+
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_curve_over_every_checkpoint_of_a_run_on_real_data(pretrained):
+    data = zero_shot.load_zero_shot_data(glue_dir=SHARED / "glue", story_cloze_dir=SHARED / "story_cloze",
+                                         max_examples=16)
+    results = zero_shot.evaluate_run(pretrained, data, batch_size=8, progress=None)
+    assert results["steps"] == [1, 2, 3]
+    assert set(results["tasks"]) == {"cola", "sst2", "story_cloze"}
+    assert all(len(v) == 3 for v in results["tasks"].values())
+    assert all(0.0 <= v <= 1.0 for v in results["tasks"]["sst2"])
+    zero_shot.plot(results, pretrained / "zero_shot.png")
+    assert (pretrained / "zero_shot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
