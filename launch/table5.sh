@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The paper's Table 5 (ablations) in miniature, on CPU:
+#   one demo-scale pre-training (900 steps), then SST-2 and Story Cloze fine-tuning
+#   with and without pre-training, with and without the auxiliary LM loss,
+#   and the zero-shot curve over the pre-training's checkpoints (Figure 2, right).
+#
+#   launch/table5.sh ROOT GLUE_DIR STORY_CLOZE_DIR
+set -euo pipefail
+root=${1:?usage: launch/table5.sh ROOT GLUE_DIR STORY_CLOZE_DIR}
+glue=${2:?usage: launch/table5.sh ROOT GLUE_DIR STORY_CLOZE_DIR}
+story=${3:?usage: launch/table5.sh ROOT GLUE_DIR STORY_CLOZE_DIR}
+here=$(cd "$(dirname "$0")" && pwd)
+
+python -m gpt1_jax.main --config=configs/demo.py --workdir="$root/pretrain" \
+    --config.train.num_steps=900 --config.train.eval_every_steps=150 \
+    --config.checkpoint.every_steps=150 --config.checkpoint.max_to_keep=10
+
+python -m gpt1_jax.zero_shot --workdir="$root/pretrain" --glue_dir="$glue" \
+    --story_cloze_dir="$story" --max_examples=500
+
+python "$here/sweep.py" --root="$root/sst2" --config=configs/finetune.py:sst2 \
+    --grid "init_from=$root/pretrain," --grid "finetune.lm_coef=0.5,0" \
+    --set "data.data_dir=$glue" --set data.max_train_examples=2000
+python "$here/sweep.py" --root="$root/story_cloze" --config=configs/finetune.py:story_cloze \
+    --grid "init_from=$root/pretrain," --grid "finetune.lm_coef=0.5,0" \
+    --set "data.data_dir=$story" --set train.num_epochs=2
