@@ -193,7 +193,7 @@ def train_loop(state: TrainState, train_step, batches: Iterator, to_global: Call
     start = int(state.step)
     stop = min(cfg.stop_at_step or cfg.num_steps, cfg.num_steps)
     last: dict = {}
-    nonfinite_run = 0
+    nonfinite_run = nonfinite_total = 0
     is_main = jax.process_index() == 0
     bar = tqdm(total=stop, initial=start, disable=not (cfg.progress and is_main),
                dynamic_ncols=True, desc="train")
@@ -210,30 +210,35 @@ def train_loop(state: TrainState, train_step, batches: Iterator, to_global: Call
             state, metrics = train_step(state, batch)
             step += 1
             window_steps += 1
-            if step == start + 1 or step % cfg.log_every_steps == 0 or step == stop:
+            do_eval = evaluate is not None and (step == stop or (
+                cfg.eval_every_steps > 0 and step % cfg.eval_every_steps == 0))
+            if step == start + 1 or step % cfg.log_every_steps == 0 or step == stop or do_eval:
                 metrics = jax.device_get(metrics)
                 elapsed = time.perf_counter() - window_start
                 rate = window_steps / max(elapsed, 1e-9)
                 window_start, window_steps = time.perf_counter(), 0
                 last = {k: float(v) for k, v in metrics.items()}
                 last["perplexity"] = float(np.exp(min(last["loss"], 50.0)))
+                last["nonfinite_total"] = nonfinite_total + int(metrics["nonfinite"])
                 if step > start + 1:  # the first window includes compilation
                     last["tokens_per_sec"] = rate * cfg.tokens_per_step
                     last["steps_per_sec"] = rate
                     if cfg.peak_flops > 0:
                         last["mfu"] = rate * cfg.flops_per_step / cfg.peak_flops
-                if evaluate is not None and (step == stop or (
-                        cfg.eval_every_steps and step % cfg.eval_every_steps == 0)):
+                if do_eval:
                     last.update({f"val_{k}": v for k, v in evaluate(state.params).items()})
+                    window_start = time.perf_counter()  # evaluation time is not training time
                 writer.write(step, last)
                 bar.set_postfix(loss=f"{last['loss']:.3f}",
                                 tok_s=f"{last.get('tokens_per_sec', 0):.0f}", refresh=False)
             else:
-                # Only the non-finite flag is fetched every step (a scalar), so the
-                # guard works without synchronising on the full metrics.
+                # Between logs only the non-finite flag (a scalar) comes back to the
+                # host. Reading it waits for the step to finish: the price of stopping
+                # after exactly `max_nonfinite_in_a_row` bad steps.
                 metrics = {"nonfinite": metrics["nonfinite"]}
             if int(metrics["nonfinite"]):
                 nonfinite_run += 1
+                nonfinite_total += 1
                 if nonfinite_run >= cfg.max_nonfinite_in_a_row:
                     bar.close()
                     raise NonFiniteError(
