@@ -1,0 +1,98 @@
+"""Train-step features that must not change results: gradient accumulation, remat, bf16."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt1_jax import model as model_lib
+from gpt1_jax import optim
+from gpt1_jax import pretrain
+from gpt1_jax import sharding as sharding_lib
+from gpt1_jax import trainer
+
+CFG = model_lib.ModelConfig(vocab_size=64, n_ctx=16, n_layer=2, n_head=2, d_model=32, d_ff=64,
+                            embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+
+
+def _step_fn(cfg, microbatches=1):
+    mesh = sharding_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    rules = sharding_lib.DEFAULT_RULES
+    model = model_lib.GPT1(cfg)
+    ocfg = optim.OptimizerConfig(learning_rate=1e-3, warmup_steps=0, total_steps=10)
+    tx = optim.make_optimizer(ocfg)
+    init = pretrain.init_params_fn(model, cfg.n_ctx)
+    _, shardings = trainer.state_shardings(init, tx, jax.random.key(0), mesh, rules)
+    state = trainer.create_train_state(init, tx, jax.random.key(0), shardings)
+    step = trainer.make_train_step(pretrain.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg),
+                                   shardings, sharding_lib.batch_sharding(mesh, rules), microbatches)
+    return state, step
+
+
+def _batch(b=8, seed=0):
+    return np.random.RandomState(seed).randint(0, CFG.vocab_size, (b, CFG.n_ctx + 1)).astype(np.int32)
+
+
+def _run(cfg, microbatches=1, steps=2):
+    state, step = _step_fn(cfg, microbatches)
+    losses = []
+    for s in range(steps):
+        state, metrics = step(state, jnp.asarray(_batch(seed=s)))
+        losses.append(float(metrics["loss"]))
+    return losses, jax.device_get(state.params)
+
+
+def _max_diff(a, b):
+    return max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda x, y: float(np.max(np.abs(x - y))), a, b)))
+
+
+def test_four_microbatches_equal_one_step_on_the_whole_batch():
+    losses_1, params_1 = _run(CFG, microbatches=1)
+    losses_4, params_4 = _run(CFG, microbatches=4)
+    np.testing.assert_allclose(losses_4, losses_1, atol=1e-5)
+    assert _max_diff(params_1, params_4) <= 1e-5
+
+
+def test_block_remat_changes_memory_not_results():
+    losses, params = _run(CFG)
+    remat_cfg = dataclasses.replace(CFG, remat="block")
+    losses_r, params_r = _run(remat_cfg)
+    np.testing.assert_allclose(losses_r, losses, atol=1e-6)
+    assert _max_diff(params, params_r) <= 1e-6
+    # The compiled backward pass keeps fewer activations alive.
+    def temp_bytes(cfg):
+        state, step = _step_fn(cfg)
+        return step.lower(state, jnp.asarray(_batch())).compile().memory_analysis().temp_size_in_bytes
+    assert temp_bytes(remat_cfg) != temp_bytes(CFG)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_a_float32_loss():
+    cfg = dataclasses.replace(CFG, dtype="bfloat16")
+    state, step = _step_fn(cfg)
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state.params))
+    model = model_lib.GPT1(cfg)
+    logits, hidden = model.apply({"params": state.params}, jnp.asarray(_batch()[:, :-1]))
+    assert hidden.dtype == jnp.bfloat16 and logits.dtype == jnp.float32
+    state, metrics = step(state, jnp.asarray(_batch()))
+    assert metrics["loss"].dtype == jnp.float32 and np.isfinite(float(metrics["loss"]))
+    moments = [x for x in jax.tree_util.tree_leaves(state.opt_state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert moments and all(x.dtype == jnp.float32 for x in moments)
+    # bf16 compute stays close to the fp32 loss.
+    losses_32, _ = _run(CFG, steps=1)
+    assert abs(float(metrics["loss"]) - losses_32[0]) < 0.05
+
+
+def test_a_non_finite_step_is_skipped_and_counted():
+    state, step = _step_fn(CFG)
+    before = jax.device_get(state.params)
+    # A NaN parameter poisons the loss; the guard must leave params and Adam state alone.
+    bad_params = jax.tree_util.tree_map(lambda x: x, before)
+    bad_params["h_0"]["mlp"]["c_fc"]["bias"] = bad_params["h_0"]["mlp"]["c_fc"]["bias"] * np.nan
+    poisoned = state.replace(params=jax.device_put(bad_params))
+    new_state, metrics = step(poisoned, jnp.asarray(_batch()))
+    assert int(metrics["nonfinite"]) == 1 and int(new_state.step) == 1
+    after = jax.device_get(new_state.params)
+    np.testing.assert_array_equal(after["h_1"]["mlp"]["c_fc"]["kernel"], before["h_1"]["mlp"]["c_fc"]["kernel"])
+    assert float(jax.device_get(new_state.opt_state[1][0].count)) == 0
