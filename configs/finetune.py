@@ -6,8 +6,9 @@
 The recipe is the paper's: lr 6.25e-5, batch 32, 3 epochs, linear warm-up over 0.2% of
 the steps then linear decay to 0, weight decay 0.01, classifier dropout 0.1, auxiliary
 LM loss with weight 0.5. The model's shape comes from the pretrained checkpoint
-(`init_from`); without one, `model` below is used and trained from random
-initialisation (the paper's "no pre-training" ablation).
+(`init_from`); without one, `model` below is used. The paper's "no pre-training"
+ablation is `--config.finetune.load_pretrained_weights=False`: the same shape and tokenizer
+as `init_from`, random weights.
 
 Tasks: mnli snli scitail qnli rte race race/middle race/high story_cloze mrpc qqp stsb cola sst2
 """
@@ -37,6 +38,8 @@ def get_config(task: str = "sst2"):
         lm_coef=0.5,               # λ of L3 = L2 + λ L1; 0 turns the auxiliary LM loss off
         clf_pdrop=0.1,
         transfer_layers=-1,        # transfer the embeddings and the first N blocks; -1: all
+        load_pretrained_weights=True,  # False: init_from gives only the shape and tokenizer,
+                                       # the weights are random (the "no pre-training" ablation)
         max_len=0,                 # pad/truncate sequences to this; 0: the longest needed, <= n_ctx
     )
     config.train.update(batch_size=32, num_epochs=3, num_steps=0, log_every_steps=10,

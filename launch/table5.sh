@@ -24,8 +24,8 @@ python -m gpt1_jax.zero_shot --workdir="$root/pretrain" --glue_dir="$glue" \
     --story_cloze_dir="$story" --max_examples=500
 
 python "$here/sweep.py" --root="$root/sst2" --config=configs/finetune.py:sst2 \
-    --grid "init_from=$root/pretrain," --grid "finetune.lm_coef=0.5,0" \
-    --set "data.data_dir=$glue" --set data.max_train_examples=2000
+    --grid "finetune.load_pretrained_weights=True,False" --grid "finetune.lm_coef=0.5,0" \
+    --set "init_from=$root/pretrain" --set "data.data_dir=$glue" --set data.max_train_examples=2000
 python "$here/sweep.py" --root="$root/story_cloze" --config=configs/finetune.py:story_cloze \
-    --grid "init_from=$root/pretrain," --grid "finetune.lm_coef=0.5,0" \
-    --set "data.data_dir=$story" --set train.num_epochs=2
+    --grid "finetune.load_pretrained_weights=True,False" --grid "finetune.lm_coef=0.5,0" \
+    --set "init_from=$root/pretrain" --set "data.data_dir=$story" --set train.num_epochs=2
