@@ -20,10 +20,13 @@ INSTALL_REQUIRES = [
     "spacy==3.8.18",
     "tensorboardX==2.6.5",
     "tqdm==4.70.1",
+    "safetensors==0.8.0",     # HF weight import/export
+    "matplotlib==3.11.2",     # the zero-shot figure
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest==9.0.3"],
+    # torch (CPU build) and transformers: logit parity against HF's OpenAIGPT.
+    "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.18.0"],
 }
 
 setuptools.setup(

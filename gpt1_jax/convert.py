@@ -31,6 +31,7 @@ import dataclasses
 import json
 import pathlib
 import re
+import sys
 import tempfile
 from typing import Any, Optional
 
@@ -110,6 +111,13 @@ def _layout(cfg: model_lib.ModelConfig) -> list[_Tensor]:
             path, shape = ours[name]
             layout.append(_Tensor(f"h.{i}.{name}", (f"h_{i}",) + path, hf_shapes.get(name, shape), shape))
     return layout
+
+
+def original_shapes(cfg: model_lib.ModelConfig) -> list[list[int]]:
+    """The `params_shapes.json` of the original release for a model of `cfg`'s shape: the
+    blocks' matrices are 1-wide convolutions there, [1, in, out]."""
+    return [[1, *t.hf_shape] if t.hf_name.startswith("h.") and len(t.hf_shape) == 2 else list(t.hf_shape)
+            for t in _layout(cfg)]
 
 
 def abstract_params(cfg: model_lib.ModelConfig) -> Any:
@@ -206,18 +214,16 @@ def read_openai(src, n_head: int = 12) -> LoadedModel:
     d_ff = shapes[2 + _BLOCK_TENSORS.index("mlp.c_fc.weight")][-1]
     if d % n_head:
         raise ConversionError(f"{shapes_path}: width {d} is not divisible by --n_head={n_head}")
-    tokenizer = _tokenizer_in(src, tokenizers.GPT1BPETokenizer.ENCODER_FILE, tokenizers.GPT1BPETokenizer.MERGES_FILE)
+    bpe = tokenizers.GPT1BPETokenizer
+    tokenizer = _tokenizer_in(src, bpe.ENCODER_FILE, bpe.MERGES_FILE)
     vocab_size, n_special = _vocab_split(rows, tokenizer, str(shapes_path))
     cfg = model_lib.ModelConfig(vocab_size=vocab_size, n_special=n_special, n_ctx=n_ctx,
                                 n_layer=(len(shapes) - 2) // n_block, n_head=n_head, d_model=d, d_ff=d_ff)
     layout = _layout(cfg)
-    for index, (t, shape) in enumerate(zip(layout, shapes)):
-        # The release stores the blocks' matrices as 1-wide convolutions [1, in, out].
-        is_conv = t.hf_name.startswith("h.") and len(t.hf_shape) == 2
-        expected = (1,) + t.hf_shape if is_conv else t.hf_shape
-        if tuple(shape) != expected:
+    for index, (t, shape, expected) in enumerate(zip(layout, shapes, original_shapes(cfg))):
+        if shape != expected:
             raise ConversionError(f"{shapes_path}: shape #{index} ({t.hf_name}) is {shape}, expected "
-                                  f"{list(expected)} for a model of width {d} and FFN {d_ff}")
+                                  f"{expected} for a model of width {d} and FFN {d_ff}")
 
     numbers = sorted(int(m.group(1)) for p in src.glob("params_*.npy")
                      if (m := re.fullmatch(r"params_(\d+)\.npy", p.name)))
@@ -403,8 +409,11 @@ def main(argv) -> None:
         raise app.UsageError("usage: python -m gpt1_jax.convert --from={openai,hf,orbax} "
                              "--to={orbax,hf} SRC DST")
     source_format, target_format = flags.FLAGS["from"].value, flags.FLAGS["to"].value
-    loaded = convert(source_format, target_format, argv[1], argv[2], flags.FLAGS.n_head,
-                     flags.FLAGS.overwrite)
+    try:
+        loaded = convert(source_format, target_format, argv[1], argv[2], flags.FLAGS.n_head,
+                         flags.FLAGS.overwrite)
+    except (ConversionError, checkpoint_lib.CheckpointError) as e:
+        sys.exit(f"convert: {e}")  # a bad input, not a bug: the message is enough
     cfg = loaded.config
     print(f"{argv[1]} ({source_format}) -> {argv[2]} ({target_format}): "
           f"{model_lib.count_params(loaded.params):,} parameters, {cfg.n_layer} layers, "

@@ -19,7 +19,6 @@ import sys
 from typing import Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags

@@ -1,5 +1,6 @@
 """Weight import and export against transformers' OpenAIGPT: same logits, same NLL, exact
 round trips, and the original release's shard layout."""
+import hashlib
 import json
 import pathlib
 import subprocess
@@ -19,6 +20,7 @@ from gpt1_jax import model as model_lib  # noqa: E402
 from gpt1_jax import tokenizers  # noqa: E402
 
 N_CTX = 64
+RELEASED_SHAPES_SHA256 = "3bff3faa381e06d81c60f44520eb82c673d14a8ae61d821c63167f59acc6a768"
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -122,15 +124,28 @@ def test_pytorch_bin_without_prefix_reads_the_same(hf_model, hf_dir, tmp_path):
     _assert_same_params(convert.read_hf(hf_dir), convert.read_hf(tmp_path))
 
 
+def test_original_layout_is_the_released_params_shapes_json():
+    # sha256 of model/params_shapes.json in openai/finetune-transformer-lm (see
+    # gpt1_jax/assets/gpt1_bpe/SOURCE.md): the paper's model gives the file byte for byte.
+    shapes_json = json.dumps(convert.original_shapes(model_lib.ModelConfig()))
+    assert hashlib.sha256(shapes_json.encode()).hexdigest() == RELEASED_SHAPES_SHA256
+
+
 def _write_original_release(hf_model, directory: pathlib.Path, num_shards: int = 10) -> None:
-    """The layout of openai/finetune-transformer-lm's model/: shapes + flat float32 shards."""
+    """The layout of openai/finetune-transformer-lm's model/: shapes + flat float32 shards.
+
+    The release lists the position table, the token table, then each block's tensors in
+    the order its TensorFlow variables were made, matrices as [1, in, out] convolutions.
+    """
     state = {k.removeprefix("transformer."): v.numpy() for k, v in hf_model.state_dict().items()}
-    n_layer = hf_model.config.n_layer
+    block_order = ["attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
+                   "ln_1.weight", "ln_1.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                   "mlp.c_proj.weight", "mlp.c_proj.bias", "ln_2.weight", "ln_2.bias"]
     arrays = [state["positions_embed.weight"], state["tokens_embed.weight"]]
-    for i in range(n_layer):
-        for name in convert._BLOCK_TENSORS:
+    for i in range(hf_model.config.n_layer):
+        for name in block_order:
             array = state[f"h.{i}.{name}"]
-            arrays.append(array[None] if array.ndim == 2 else array)  # convolutions: [1, in, out]
+            arrays.append(array[None] if array.ndim == 2 else array)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "params_shapes.json").write_text(json.dumps([list(a.shape) for a in arrays]))
     flat = np.concatenate([a.reshape(-1) for a in arrays]).astype(np.float32)

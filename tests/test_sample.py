@@ -1,0 +1,59 @@
+"""The sample command continues a prompt from a workdir's export with the cached decoder."""
+import dataclasses
+import pathlib
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from gpt1_jax import checkpoint as checkpoint_lib
+from gpt1_jax import convert
+from gpt1_jax import generate as generate_lib
+from gpt1_jax import model as model_lib
+from gpt1_jax import sample as sample_lib
+from gpt1_jax import tokenizers
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+CFG = model_lib.ModelConfig(vocab_size=40478, n_ctx=24, n_layer=1, n_head=2, d_model=32, d_ff=64,
+                            init_std=0.3)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A pretraining workdir as a finished run leaves it: export/ with params and tokenizer."""
+    workdir = tmp_path_factory.mktemp("run")
+    params = nn.meta.unbox(model_lib.GPT1(CFG).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    checkpoint_lib.save_params(workdir / "export", params, dataclasses.asdict(CFG))
+    tokenizers.gpt1_bpe_tokenizer().save(workdir / "export" / "tokenizer")
+    return workdir
+
+
+def test_greedy_sample_is_the_prompt_and_the_generated_tokens(workdir):
+    loaded = convert.read_orbax(workdir)
+    prompts = ["It was a dark and stormy night.", "Emma"]
+    texts = sample_lib.sample(loaded, prompts, 8, generate_lib.GREEDY, num_samples=2)
+    assert len(texts) == 4 and texts[0] == texts[1]  # greedy: both samples agree
+    ids = loaded.tokenizer.encode(prompts[1])
+    new = generate_lib.generate(loaded.config, loaded.params, [ids], 8)[0]
+    assert texts[2] == loaded.tokenizer.decode(ids + new)
+    assert texts[2].startswith("emma")
+
+
+def test_a_long_prompt_keeps_its_end(workdir, capsys):
+    loaded = convert.read_orbax(workdir)
+    text = sample_lib.sample(loaded, ["one two three " * 10 + "END"], 4, generate_lib.GREEDY)[0]
+    assert text.split()[:20] == (["one", "two", "three"] * 10 + ["end"])[-20:]
+    assert "cut to its last 20" in capsys.readouterr().err
+
+
+def test_command_line(workdir):
+    done = subprocess.run([sys.executable, "-m", "gpt1_jax.sample", f"--workdir={workdir}",
+                           "--prompt=Hello there", "--max_new_tokens=5", "--top_k=5",
+                           "--temperature=0.7", "--num_samples=2"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "--- sample 1 ---" and lines[1].startswith("hello there")
