@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
         eval_every_steps=1000,
         eval_batches=20,
         max_nonfinite_in_a_row=10,
+        grace_period_secs=30.0,      # after SIGTERM/SIGINT: commit a checkpoint, else exit 1 (0: no limit)
         peak_flops_per_device=0.0,   # 0: look up the device kind (reporting.py)
         progress=True,
     ))

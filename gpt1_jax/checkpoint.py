@@ -4,8 +4,9 @@ A training checkpoint `<workdir>/checkpoints/<step>/` holds three items:
   state  the TrainState (step, params, optimizer state, RNG key), sharded arrays
   data   the input iterator's state (JSON), so a resumed job sees the same batches
   meta   the job's config and the model config (JSON)
-Orbax writes each step into a temporary directory and renames it when complete, so a
-crash never leaves a checkpoint that looks finished.
+Orbax writes each step into a temporary directory (`<step>.orbax-checkpoint-tmp*`) and
+renames it when complete, so a crash never leaves a checkpoint that looks finished; the
+temporary directories a crash leaves behind are deleted when the next job starts.
 
 A params-only export `<dir>/` holds `params/` (orbax) and `model.json` (the model
 config), the format that fine-tuning, sampling and evaluation jobs take as `init_from`.
@@ -13,6 +14,7 @@ config), the format that fine-tuning, sampling and evaluation jobs take as `init
 Restoring takes abstract targets (`jax.ShapeDtypeStruct` with shardings), so a
 checkpoint written on one mesh restores onto any other.
 """
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -28,6 +30,10 @@ EXPORT_MODEL_JSON = "model.json"
 
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the model or job that tries to restore it."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (a full disk, a failing file system)."""
 
 
 def _path_name(path) -> str:
@@ -68,6 +74,9 @@ class Checkpointer:
                 # Interval policy lives in the training loop, which also saves on
                 # demand (end of run, preemption).
                 save_interval_steps=1,
+                # A crash or kill mid-save leaves a temporary directory; orbax never
+                # restores one, and deleting it at start keeps a full disk from filling.
+                cleanup_tmp_directories=True,
             ),
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
@@ -75,6 +84,8 @@ class Checkpointer:
                 "meta": ocp.JsonCheckpointHandler(),
             },
         )
+        self._writing: Optional[int] = None   # the step of the write in flight
+        self._failed = False
 
     def latest_step(self) -> Optional[int]:
         return self._manager.latest_step()
@@ -83,12 +94,19 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state: Any, data_state: dict, meta: dict) -> None:
-        """Starts writing a checkpoint (asynchronously); `wait()` blocks until committed."""
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state),
-            meta=ocp.args.JsonSave(meta),
-        ), force=True)
+        """Starts writing a checkpoint (asynchronously); `wait()` blocks until committed.
+
+        A failed write raises CheckpointWriteError here or at the next `save`/`wait`
+        (an asynchronous write reports when it is next waited for).
+        """
+        self.wait()  # so that an error of the previous write is reported as its own
+        self._writing = step
+        with self._reporting_write_errors():
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                meta=ocp.args.JsonSave(meta),
+            ), force=True)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
         """Restores (state, data_state, meta) at `step` into the shardings of `abstract_state`."""
@@ -107,11 +125,37 @@ class Checkpointer:
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with self._reporting_write_errors():
+            self._manager.wait_until_finished()
+        self._writing = None
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for the write in flight and closes; a write error already raised is not
+        raised again (close runs in `finally` blocks, where it would hide the first)."""
+        if not self._failed:
+            self.wait()
+            self._manager.close()
+            return
+        try:
+            self._manager.close()  # stops orbax's threads; it re-raises the write error
+        except (OSError, ValueError):
+            pass
+
+    @contextlib.contextmanager
+    def _reporting_write_errors(self):
+        # The file system's own error (tensorstore raises ValueError, Python OSError)
+        # says what went wrong; this says which checkpoint, and what is still safe.
+        try:
+            yield
+        except (OSError, ValueError) as e:
+            self._failed = True
+            # From the disk: orbax's own list already drops the steps this save was to
+            # replace (max_to_keep), but a failed save deletes nothing.
+            committed = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+            raise CheckpointWriteError(
+                f"writing checkpoint {self._writing} in {self.directory} failed: {e}. "
+                f"The committed checkpoints ({', '.join(map(str, committed)) or 'none'}) are "
+                f"untouched; a rerun resumes from the latest once the cause is fixed.") from e
 
 
 def save_params(directory, params: Any, model_config: dict) -> None:
@@ -121,7 +165,11 @@ def save_params(directory, params: Any, model_config: dict) -> None:
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / EXPORT_PARAMS_DIR, params, force=True)
     if jax.process_index() == 0:
-        (directory / EXPORT_MODEL_JSON).write_text(json.dumps(model_config, indent=2, sort_keys=True))
+        # Through a rename: a job killed mid-write leaves no truncated model.json, whose
+        # presence alone makes `find_pretrained` take this directory for an export.
+        tmp = directory / f"{EXPORT_MODEL_JSON}.tmp"
+        tmp.write_text(json.dumps(model_config, indent=2, sort_keys=True))
+        tmp.replace(directory / EXPORT_MODEL_JSON)
 
 
 def read_model_config(directory) -> dict:

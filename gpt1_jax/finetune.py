@@ -24,6 +24,7 @@ from gpt1_jax import reporting
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax import tokenizers
 from gpt1_jax import trainer
+from gpt1_jax import workdir as workdir_lib
 from gpt1_jax.data import task_data as task_data_lib
 from gpt1_jax.data import tasks as tasks_lib
 
@@ -60,6 +61,7 @@ def _pretrained_initial_params(pretrained, body_cfg, init_params, rng, param_sha
     return transplant(pretrained_params, fresh, transfer_layers)
 
 
+@workdir_lib.exclusive
 def run(config: ml_collections.ConfigDict, workdir) -> dict:
     """Fine-tunes on `config.task` in `workdir`, then evaluates; returns the summary."""
     workdir = pathlib.Path(workdir)
@@ -79,11 +81,15 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
     if base_cfg.n_special not in (0, N_SPECIAL):
         raise ValueError(f"init_from {config.init_from} has n_special={base_cfg.n_special}")
     mcfg = dataclasses.replace(base_cfg, n_special=N_SPECIAL, vocab_size=base_cfg.vocab_size)
-    if tokenizer.vocab_size != mcfg.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.vocab_size} entries, model {mcfg.vocab_size}")
+    # (Without init_from, pretrain.model_config has checked the vocabulary already.)
+    if pretrained is not None and tokenizer.vocab_size != mcfg.vocab_size:
+        raise checkpoint_lib.CheckpointError(
+            f"init_from {pretrained.path} records vocab_size={mcfg.vocab_size} but its tokenizer "
+            f"({pretrained.tokenizer_dir}) has {tokenizer.vocab_size} entries: the checkpoint "
+            f"and the tokenizer do not belong together")
 
     if is_main:
-        tokenizer.save(workdir / pretrain.TOKENIZER_DIR)
+        pretrain.save_tokenizer(tokenizer, workdir / pretrain.TOKENIZER_DIR)
     data = task_data_lib.load_task_data(
         spec.name, tokenizer, mcfg.n_ctx, data_dir=config.data.data_dir, source=config.data.source,
         max_train_examples=config.data.max_train_examples,
@@ -119,7 +125,7 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
         batches.set_state(data_state)
     else:
         initial = None
-        if pretrained is not None:
+        if pretrained is not None and config.finetune.load_pretrained_weights:
             initial = _pretrained_initial_params(pretrained, base_cfg, init_params, rng, shardings.params,
                                                  mesh, rules, config.finetune.transfer_layers)
         state = trainer.create_train_state(init_params, tx, rng, shardings, params=initial)
@@ -131,13 +137,15 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
                                          batch_shardings, config.train.microbatches)
     if is_main:
         print(f"Fine-tuning on {spec.name}: {n_train:,} examples x {s} sequences of {data.max_len} "
-              f"tokens, {num_steps:,} steps of {batch_size}; init_from={config.init_from or 'random'}")
+              f"tokens, {num_steps:,} steps of {batch_size}; init_from={config.init_from or 'random'}"
+              f"{'' if config.finetune.load_pretrained_weights else ' (shape and tokenizer only: random weights)'}")
     writer = reporting.MetricsWriter(workdir)
     loop_cfg = trainer.LoopConfig(
         num_steps=num_steps, stop_at_step=config.train.stop_at_step,
         log_every_steps=config.train.log_every_steps, eval_every_steps=config.train.eval_every_steps,
         checkpoint_every_steps=config.checkpoint.every_steps,
         max_nonfinite_in_a_row=config.train.max_nonfinite_in_a_row,
+        grace_period_secs=config.train.grace_period_secs,
         tokens_per_step=batch_size * s * data.max_len, progress=config.train.progress)
     save_meta = {"config": config.to_dict(), "model": dataclasses.asdict(mcfg), "task": spec.name,
                  "num_steps": num_steps, "max_len": data.max_len}
@@ -152,13 +160,14 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
     summary = {"task": spec.name, "num_params": model_lib.count_params(abstract.params),
                "step": int(state.step), "num_steps": num_steps, "train_loss": last.get("loss"),
                "init_from": config.init_from, "lm_coef": config.finetune.lm_coef,
+               "pretrained_weights": bool(pretrained is not None and config.finetune.load_pretrained_weights),
                "transfer_layers": config.finetune.transfer_layers,
                "seconds_this_run": round(time.time() - started, 1)}
     if int(state.step) >= num_steps:
         export = workdir / pretrain.EXPORT_DIR
         checkpoint_lib.save_params(export, state.params, dataclasses.asdict(mcfg))
         if is_main:
-            tokenizer.save(export / pretrain.TOKENIZER_DIR)
+            pretrain.save_tokenizer(tokenizer, export / pretrain.TOKENIZER_DIR)
             (export / TASK_JSON).write_text(json.dumps({"task": spec.name, "max_len": data.max_len}))
         summary["eval"] = evaluate.evaluate_splits(model, state.params, data, batch_size, workdir)
     _write_summary(workdir, summary)
@@ -191,6 +200,7 @@ def _recorded_task(model_source: checkpoint_lib.Pretrained) -> str:
     return meta["task"]
 
 
+@workdir_lib.exclusive  # it writes summary.json and predictions/ into the workdir
 def run_eval(config: ml_collections.ConfigDict, workdir) -> dict:
     """Evaluates a fine-tuned model (`init_from`, default: `workdir`) on its task's evaluation
     splits; writes the metrics under `eval` in `<workdir>/summary.json` and the predictions."""

@@ -2,9 +2,14 @@
 
     python -m gpt1_jax.main --config=configs/demo.py --workdir=runs/demo \
         [--config.train.num_steps=100 --config.train.batch_size=8 ...]
+
+Problems the user can fix (a bad config value, data file, checkpoint or workdir, a
+full disk, a diverged run) end the job with `error: <message>` on stderr and status 1;
+anything else is a bug and keeps its traceback.
 """
 import logging
 import pathlib
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -38,6 +43,22 @@ def main(argv) -> None:
     config = _CONFIG.value
     workdir = pathlib.Path(_WORKDIR.value)
     initialize_distributed(config)
+    try:
+        run_job(config, workdir)
+    except _user_errors() as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _user_errors() -> tuple:
+    # ValueError: this project's (and its readers') way to report bad config, data and
+    # checkpoints (CheckpointError is one); OSError: paths, permissions, full disks.
+    from gpt1_jax import checkpoint, trainer, workdir
+    return (ValueError, OSError, checkpoint.CheckpointWriteError, trainer.NonFiniteError,
+            workdir.WorkdirError)
+
+
+def run_job(config, workdir: pathlib.Path) -> None:
     if config.mode == "pretrain":
         from gpt1_jax import pretrain
         pretrain.run(config, workdir)

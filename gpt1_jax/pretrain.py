@@ -28,6 +28,7 @@ from gpt1_jax import reporting
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax import tokenizers
 from gpt1_jax import trainer
+from gpt1_jax import workdir as workdir_lib
 from gpt1_jax.data import corpus as corpus_lib
 
 TOKENIZER_DIR = "tokenizer"
@@ -105,8 +106,19 @@ def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: pathlib.Path, 
     else:
         raise ValueError(f"data.tokenizer={kind!r}; expected 'gpt1_bpe' or 'sentencepiece'")
     if jax.process_index() == 0:
-        tokenizer.save(directory)
+        save_tokenizer(tokenizer, directory)
     return tokenizer
+
+
+def save_tokenizer(tokenizer: tokenizers.Tokenizer, directory: pathlib.Path) -> None:
+    """`tokenizer.save(directory)`, with tokenizer.json (whose presence marks a saved
+    tokenizer) moved in last and whole: a job killed mid-save leaves none, not a torn one."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory, prefix=".saving-") as tmp:
+        tokenizer.save(tmp)
+        names = sorted(os.listdir(tmp), key=lambda name: name == tokenizers.CONFIG_FILE)
+        for name in names:
+            os.replace(os.path.join(tmp, name), directory / name)
 
 
 def _train_sentencepiece(source, vocab_size: int, directory: pathlib.Path):
@@ -145,6 +157,7 @@ def init_params_fn(model: model_lib.GPT1, n_ctx: int):
 # The job
 # ---------------------------------------------------------------------------------------------
 
+@workdir_lib.exclusive
 def run(config: ml_collections.ConfigDict, workdir) -> dict:
     """Pre-trains (or resumes pre-training) in `workdir`; returns the summary."""
     workdir = pathlib.Path(workdir)
@@ -230,6 +243,7 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
         log_every_steps=config.train.log_every_steps, eval_every_steps=config.train.eval_every_steps,
         checkpoint_every_steps=config.checkpoint.every_steps,
         max_nonfinite_in_a_row=config.train.max_nonfinite_in_a_row,
+        grace_period_secs=config.train.grace_period_secs,
         tokens_per_step=batch_size * seq_len, flops_per_step=flops_per_step, peak_flops=peak,
         progress=config.train.progress)
     started = time.time()
@@ -255,7 +269,7 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
     if final_step >= num_steps:
         checkpoint_lib.save_params(workdir / EXPORT_DIR, state.params, dataclass_dict(mcfg))
         if is_main:
-            tokenizer.save(workdir / EXPORT_DIR / TOKENIZER_DIR)
+            save_tokenizer(tokenizer, workdir / EXPORT_DIR / TOKENIZER_DIR)
     return summary
 
 

@@ -6,8 +6,10 @@ parameters with logical axis names) and `loss_fn(params, batch, rng, determinist
 derived from the parameters' logical axes, and it is initialised directly into them.
 """
 import dataclasses
+import os
 import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -138,11 +140,23 @@ def make_eval_step(loss_fn: LossFn, param_shardings: Any, batch_sharding: Any):
 
 class StopRequested:
     """Turns SIGTERM/SIGINT into a flag the loop checks between steps, so a preempted
-    or interrupted job commits a checkpoint before it exits."""
+    or interrupted job commits a checkpoint before it exits.
 
-    def __init__(self):
+    The first signal also starts a watchdog: a job still running `grace_period_secs`
+    later (a long step, a slow file system) is ended by `on_expiry` (default: a message
+    and exit status 1) before the scheduler's SIGKILL can come unannounced. A checkpoint
+    it was writing stays uncommitted, so the next run resumes from the last committed
+    one. Later signals are reported and otherwise ignored: a second Ctrl-C must not
+    abandon the checkpoint being written. `grace_period_secs <= 0` waits without limit.
+    """
+
+    def __init__(self, grace_period_secs: float = 30.0,
+                 on_expiry: Optional[Callable[[str, float], None]] = None):
+        self.grace_period_secs = grace_period_secs
+        self.on_expiry = on_expiry or _exit_grace_expired
         self.signal_name: Optional[str] = None
         self._previous = {}
+        self._watchdog: Optional[threading.Timer] = None
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -153,14 +167,39 @@ class StopRequested:
         return self
 
     def _handle(self, signum, _frame):
-        self.signal_name = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if self.signal_name is not None:
+            _stderr(f"{name}: already stopping after {self.signal_name}; "
+                    f"committing the checkpoint first\n")
+            return
+        self.signal_name = name
+        if self.grace_period_secs > 0:
+            self._watchdog = threading.Timer(self.grace_period_secs, self.on_expiry,
+                                             args=(name, self.grace_period_secs))
+            self._watchdog.daemon = True
+            self._watchdog.start()
 
     def __exit__(self, *exc):
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
     def __bool__(self):
         return self.signal_name is not None
+
+
+def _stderr(message: str) -> None:
+    # os.write, not print: a signal handler or another thread may run while the main
+    # thread is inside a print to the same stream, and a nested print raises.
+    os.write(sys.stderr.fileno(), message.encode())
+
+
+def _exit_grace_expired(signal_name: str, grace_period_secs: float) -> None:
+    _stderr(f"error: {signal_name}: the checkpoint was not committed within the grace period "
+            f"(train.grace_period_secs={grace_period_secs:g}); exiting without it. The next run "
+            f"resumes from the last committed checkpoint.\n")
+    os._exit(1)
 
 
 @dataclasses.dataclass
@@ -171,6 +210,7 @@ class LoopConfig:
     eval_every_steps: int = 0       # 0: only at the end
     checkpoint_every_steps: int = 1000
     max_nonfinite_in_a_row: int = 10
+    grace_period_secs: float = 30.0  # after SIGTERM/SIGINT, to commit a checkpoint (StopRequested)
     tokens_per_step: int = 0
     flops_per_step: float = 0.0
     peak_flops: float = 0.0         # all devices together; 0 leaves MFU out
@@ -202,7 +242,7 @@ def train_loop(state: TrainState, train_step, batches: Iterator, to_global: Call
         if checkpointer is not None:
             checkpointer.save(step, state, batches.get_state(), save_meta)
 
-    with StopRequested() as stop_requested:
+    with StopRequested(cfg.grace_period_secs) as stop_requested:
         window_start, window_steps = time.perf_counter(), 0
         step = start
         while step < stop:
@@ -243,8 +283,9 @@ def train_loop(state: TrainState, train_step, batches: Iterator, to_global: Call
                     bar.close()
                     raise NonFiniteError(
                         f"{nonfinite_run} consecutive steps (up to step {step}) had a non-finite "
-                        f"loss or gradient; their updates were skipped and the job stopped. The "
-                        f"last good checkpoint is step {checkpointer and checkpointer.latest_step()}.")
+                        f"loss or gradient (train.max_nonfinite_in_a_row="
+                        f"{cfg.max_nonfinite_in_a_row}); their updates were skipped and the job "
+                        f"stopped. {_last_committed(checkpointer)}")
             else:
                 nonfinite_run = 0
             bar.update(1)
@@ -253,10 +294,22 @@ def train_loop(state: TrainState, train_step, batches: Iterator, to_global: Call
             if stop_requested:
                 if step % cfg.checkpoint_every_steps and step != stop:
                     save(step)
-                print(f"{stop_requested.signal_name}: checkpointed step {step}, exiting",
-                      file=sys.stderr, flush=True)
                 break
         bar.close()
         if checkpointer is not None:
             checkpointer.wait()
+        if stop_requested:  # said only once the checkpoint is committed
+            print(f"{stop_requested.signal_name}: checkpointed step {step}, exiting",
+                  file=sys.stderr, flush=True)
     return state, last
+
+
+def _last_committed(checkpointer) -> str:
+    """Where a stopped job stands: waits for a checkpoint still being written."""
+    if checkpointer is None:
+        return "No checkpoints are kept."
+    checkpointer.wait()
+    latest = checkpointer.latest_step()
+    if latest is None:
+        return "No checkpoint had been committed yet."
+    return f"The last good checkpoint, step {latest}, is intact; a rerun resumes from it."

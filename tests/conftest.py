@@ -20,6 +20,11 @@ TINY_MODEL = ["--config.model.n_ctx=64", "--config.model.n_layer=1", "--config.m
               "--config.model.d_model=32", "--config.model.d_ff=64"]
 
 
+def pytest_configure(config):
+    # Slow tests run by default (CI included); `-m "not slow"` skips them locally.
+    config.addinivalue_line("markers", "slow: a long test (minutes on 2 CPU cores); runs by default")
+
+
 def run_main(*args, expect_ok=True, devices=1):
     """Runs `python -m gpt1_jax.main ARGS` in a fresh process, as a user would."""
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}

@@ -1,0 +1,487 @@
+"""Reliability (issue #6): preemption, crashes, non-finite steps, bad input, one job per workdir.
+
+Job-level tests run `python -m gpt1_jax.main` in fresh processes, as a user or a scheduler
+would, on a tiny model over a slice of one book. Faults come from outside, as they would in
+production: signals, SIGKILL, a corrupted token cache, a file-size limit, a lock held by
+another process; the product has no test hooks. All jobs share one step count (runs end at
+`stop_at_step`) and a persistent XLA compilation cache, so only the first job compiles.
+"""
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gpt1_jax import assets
+from gpt1_jax import checkpoint as checkpoint_lib
+from gpt1_jax import trainer
+from gpt1_jax import workdir as workdir_lib
+
+from test_pretrain_job import TINY
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# One schedule for every job (its length is compiled into the train step); runs stop earlier.
+STEPS = ["--config.train.num_steps=100000"]
+
+
+# --- jobs in subprocesses ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("corpus")
+    text = assets.book_files()[0].read_text(encoding="utf-8")[:40_000]
+    (directory / "book.txt").write_text(text, encoding="utf-8")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+            "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla_cache")),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+            "PYTHONUNBUFFERED": "1"}  # what a killed job printed is not lost in a buffer
+
+
+def job_args(corpus, workdir, *overrides, cache_dir=None):
+    return [sys.executable, "-m", "gpt1_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
+            *TINY, *STEPS, f"--config.data.text_files={corpus / 'book.txt'}",
+            f"--config.data.cache_dir={cache_dir or corpus / 'cache'}", *overrides]
+
+
+def run_job(args, env, expect_ok=True, prefix=()):
+    result = subprocess.run([*prefix, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    if expect_ok:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def start_job(args, env):
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def committed(workdir) -> list[int]:
+    directory = pathlib.Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+
+
+def in_flight(workdir) -> list[str]:
+    """Checkpoint writes begun but not committed: orbax's temporary directories."""
+    directory = pathlib.Path(workdir) / "checkpoints"
+    return [p.name for p in directory.iterdir() if ".orbax-checkpoint-tmp" in p.name] if directory.is_dir() else []
+
+
+def snapshot(directory) -> dict:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(pathlib.Path(directory).rglob("*")) if p.is_file()}
+
+
+def untouched(before: dict, directory) -> bool:
+    """Every file of `before` is still there, unchanged (new files may have appeared)."""
+    now = snapshot(directory)
+    return all(now.get(path) == stat for path, stat in before.items())
+
+
+def metric_records(workdir) -> list[dict]:
+    """The logged records; a line still being written by a live job is left out."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    lines = path.read_text().split("\n")[:-1] if path.exists() else []
+    return [json.loads(line) for line in lines]
+
+
+def last_logged_step(workdir) -> int:
+    return max((r["step"] for r in metric_records(workdir)), default=-1)
+
+
+def resumed_from(output: str):
+    for line in output.splitlines():
+        if line.startswith("Resuming from "):
+            return int(line.rsplit("/", 1)[1])
+    return None
+
+
+def wait_for(condition, process, timeout=300.0, poll=0.002):
+    """Polls until `condition()`; fails if `process` ends first."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(poll)
+
+
+def saved_state(workdir, step) -> dict:
+    path = pathlib.Path(workdir).absolute() / "checkpoints" / str(step) / "state"
+    with ocp.StandardCheckpointer() as checkpointer:
+        tree = checkpointer.restore(path)
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def load_config(file_name, *args):
+    """configs/<file_name>'s get_config(*args), as `--config=configs/<file_name>` loads it."""
+    spec = importlib.util.spec_from_file_location(file_name, REPO / "configs" / file_name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*args)
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, env, tmp_path_factory):
+    """A workdir stopped at step 4 with checkpoints 2 and 4 (at most 2 kept)."""
+    workdir = tmp_path_factory.mktemp("trained")
+    run_job(job_args(corpus, workdir, "--config.train.stop_at_step=4", "--config.checkpoint.every_steps=2",
+                     "--config.checkpoint.max_to_keep=2"), env)
+    assert committed(workdir) == [2, 4]
+    return workdir
+
+
+def copy_of(workdir, tmp_path) -> pathlib.Path:
+    return pathlib.Path(shutil.copytree(workdir, tmp_path / "workdir"))
+
+
+# --- 1. preemption -----------------------------------------------------------------------------
+
+def test_sigint_then_a_second_signal_commits_the_current_step_and_exits_0(corpus, env, tmp_path):
+    process = start_job(job_args(corpus, tmp_path, "--config.checkpoint.every_steps=1000"), env)
+    wait_for(lambda: last_logged_step(tmp_path) >= 3, process, poll=0.1)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # a second signal, while stopping: ignored
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    [step] = committed(tmp_path)
+    assert f"SIGINT: checkpointed step {step}, exiting" in stderr and not in_flight(tmp_path)
+    assert step == last_logged_step(tmp_path)
+    assert saved_state(tmp_path, step)["['step']"] == step  # committed and readable: a rerun starts there
+
+
+def test_a_checkpoint_not_committed_within_the_grace_period_exits_1(corpus, env, trained, tmp_path):
+    # A grace period far shorter than any checkpoint write: the watchdog must end the job.
+    workdir = copy_of(trained, tmp_path)
+    before = snapshot(workdir / "checkpoints")
+    process = start_job(job_args(corpus, workdir, "--config.train.grace_period_secs=0.001",
+                                 "--config.checkpoint.every_steps=1000"), env)
+    wait_for(lambda: last_logged_step(workdir) >= 6, process, poll=0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert "error: SIGTERM: the checkpoint was not committed within the grace period " \
+           "(train.grace_period_secs=0.001)" in stderr and "checkpointed step" not in stderr
+    assert committed(workdir) == [2, 4]  # no half-written step looks committed
+    assert untouched(before, workdir / "checkpoints")
+
+
+class _Batches:
+    """A list of batches with grain's get_state()."""
+
+    def __init__(self, batches, on_next=None):
+        self.batches, self.index, self.on_next = batches, 0, on_next
+
+    def __next__(self):
+        self.index += 1
+        if self.on_next:
+            self.on_next(self.index)
+        return self.batches[self.index - 1]
+
+    def get_state(self):
+        return {"index": self.index}
+
+
+class _Writer:
+    def __init__(self):
+        self.records = {}
+
+    def write(self, step, metrics):
+        self.records[step] = dict(metrics)
+
+
+def _tiny_regression(kinds):
+    """A linear model trained by the real jitted step on one device, and a batch per entry
+    of `kinds`: 0 is clean, 1 makes the loss NaN, 2 makes the loss and the gradient infinite."""
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    tx = optax.adam(0.1)
+    init_params = lambda rng: {"w": jax.random.normal(rng, (3,))}
+
+    def loss_fn(params, batch, rng, deterministic):
+        mse = jnp.mean((batch["x"] @ params["w"] - batch["y"]) ** 2)
+        kind = batch["kind"][0]
+        return mse * jnp.where(kind == 2, jnp.inf, 1.0) + jnp.where(kind == 1, jnp.nan, 0.0), {}
+
+    _, shardings = trainer.state_shardings(init_params, tx, jax.random.key(0), mesh, ())
+    replicated = NamedSharding(mesh, PartitionSpec())
+    step = trainer.make_train_step(loss_fn, tx, lambda s: 0.1, shardings, replicated)
+    state = trainer.create_train_state(init_params, tx, jax.random.key(0), shardings)
+    rng = np.random.RandomState(0)
+    batches = [{"x": rng.randn(4, 3).astype(np.float32), "y": rng.randn(4).astype(np.float32),
+                "kind": np.full((4,), k, np.int32)} for k in kinds]
+    return state, step, batches, shardings
+
+
+def test_a_second_signal_during_the_checkpoint_write_does_not_interrupt_it(capfd):
+    class Checkpointer:  # the save itself draws a second signal
+        def __init__(self):
+            self.saved, self.committed = [], []
+
+        def save(self, step, state, data_state, meta):
+            self.saved.append(step)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        def wait(self):
+            self.committed = list(self.saved)
+
+    state, step_fn, batches, _ = _tiny_regression([0] * 10)
+    preempt_at_3 = lambda i: i == 3 and os.kill(os.getpid(), signal.SIGTERM)
+    checkpointer = Checkpointer()
+    previous = signal.getsignal(signal.SIGINT)
+    state, _ = trainer.train_loop(state, step_fn, _Batches(batches, preempt_at_3), lambda b: b,
+                                  trainer.LoopConfig(num_steps=10, progress=False), _Writer(),
+                                  checkpointer, {})
+    assert int(state.step) == 3 and checkpointer.committed == [3]
+    err = capfd.readouterr().err
+    assert "SIGINT: already stopping after SIGTERM" in err and "SIGTERM: checkpointed step 3" in err
+    assert signal.getsignal(signal.SIGINT) is previous  # the caller's handlers are back
+
+
+# --- 2. crash safety ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_resumes_from_the_last_commit_bit_for_bit(corpus, env, tmp_path):
+    stop = 12
+    # A checkpoint every step (at most 2 kept): a write or a deletion is almost always in flight.
+    common = [f"--config.train.stop_at_step={stop}", "--config.checkpoint.every_steps=1",
+              "--config.checkpoint.max_to_keep=2"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_job(job_args(corpus, straight, *common), env)
+
+    rng = random.Random(6)
+    moments = ["write in flight", "between steps", "start-up", "write in flight"]
+    interrupted_writes = 0
+    expected_resume = None
+    for moment in moments:
+        process = start_job(job_args(corpus, killed, *common), env)
+        if moment == "start-up":  # importing, restoring, compiling
+            time.sleep(rng.uniform(0.5, 4.0))
+        else:
+            target = max(committed(killed), default=0) + rng.randint(1, 2)
+            wait_for(lambda: max(committed(killed), default=0) >= target, process)
+            if moment == "write in flight":
+                wait_for(lambda: in_flight(killed), process)
+            else:
+                time.sleep(rng.uniform(0.0, 0.3))
+        process.kill()
+        stdout, _ = process.communicate()
+        assert process.returncode == -signal.SIGKILL, f"the job ended before the kill ({moment})"
+        if expected_resume is not None and resumed_from(stdout) is not None:
+            assert resumed_from(stdout) == expected_resume
+        if moment == "write in flight":
+            interrupted_writes += bool(in_flight(killed))
+        print(f"kill -9 ({moment}): resumed from {resumed_from(stdout)}, committed "
+              f"{committed(killed)}, left uncommitted {in_flight(killed)}")  # shown with -s
+        expected_resume = max(committed(killed), default=None)
+        if moment != "start-up":  # (killed in start-up, it may not have reached the lock)
+            # The lock file still names the dead job; it must not block the restart.
+            assert f"pid {process.pid} " in (killed / workdir_lib.LOCK_FILE).read_text()
+
+    assert interrupted_writes >= 1, "no kill landed during a checkpoint write"
+    final = run_job(job_args(corpus, killed, *common), env)
+    assert resumed_from(final.stdout) == expected_resume
+    assert committed(killed)[-1] == stop and not in_flight(killed)
+
+    a, b = saved_state(straight, stop), saved_state(killed, stop)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # Steps run again after a kill reproduce their first run's loss exactly.
+    losses = {r["step"]: r["loss"] for r in metric_records(straight) if "loss" in r}
+    for record in metric_records(killed):
+        if "loss" in record:
+            assert record["loss"] == losses[record["step"]], record["step"]
+
+
+# --- 3. non-finite steps -----------------------------------------------------------------------
+
+def test_nonfinite_steps_are_skipped_counted_and_n_in_a_row_stop_the_loop(tmp_path):
+    # Steps 3 (NaN) and 6 (Inf) are isolated; 8, 9, 10 are three NaN steps in a row.
+    kinds = [0, 0, 1, 0, 0, 2, 0, 1, 1, 1]
+    state, step_fn, batches, shardings = _tiny_regression(kinds)
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    # What training on the good batches alone gives: a skipped step must leave no trace.
+    expected = state
+    for batch, kind in zip(batches, kinds):
+        if kind == 0:
+            expected, _ = step_fn(expected, batch)
+    expected_params = np.asarray(expected.params["w"])
+
+    state, step_fn, batches, _ = _tiny_regression(kinds)
+    writer = _Writer()
+    checkpointer = checkpoint_lib.Checkpointer(tmp_path)
+    cfg = trainer.LoopConfig(num_steps=10, log_every_steps=1, checkpoint_every_steps=2,
+                             max_nonfinite_in_a_row=3, progress=False)
+    with pytest.raises(trainer.NonFiniteError) as error:
+        trainer.train_loop(state, step_fn, _Batches(batches), lambda b: b, cfg, writer,
+                           checkpointer, {})
+    checkpointer.close()
+    assert "3 consecutive steps (up to step 10)" in str(error.value)
+    assert "The last good checkpoint, step 8, is intact" in str(error.value)
+    assert [writer.records[s]["nonfinite"] for s in range(1, 11)] == [float(k != 0) for k in kinds]
+    assert [writer.records[s]["nonfinite_total"] for s in range(1, 11)] == [0, 0, 1, 1, 1, 2, 2, 3, 4, 5]
+
+    # Step 8 was skipped, so its checkpoint holds the parameters of the last update (step 7).
+    restored = checkpoint_lib.Checkpointer(tmp_path)
+    assert restored.all_steps() == [4, 6, 8]  # max_to_keep=3; nothing after the stop
+    state8, _, _ = restored.restore(8, trainer.with_shardings(abstract, shardings))
+    restored.close()
+    np.testing.assert_array_equal(np.asarray(state8.params["w"]), expected_params)
+
+
+def test_a_job_whose_data_turns_nonfinite_stops_with_the_last_good_checkpoint(corpus, env, trained,
+                                                                               tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    cache = pathlib.Path(shutil.copytree(corpus / "cache", tmp_path / "cache"))
+    [npy] = cache.glob("*.npy")
+    tokens = np.load(npy, mmap_mode="r+")
+    clean = np.array(tokens)
+    tokens[:] = np.iinfo(tokens.dtype).max  # ids past the vocabulary: NaN embeddings and loss
+    tokens.flush()
+    before = snapshot(workdir / "checkpoints")
+    args = job_args(corpus, workdir, "--config.train.max_nonfinite_in_a_row=2",
+                    "--config.checkpoint.every_steps=2", "--config.train.stop_at_step=8",
+                    cache_dir=cache)
+    result = run_job(args, env, expect_ok=False)
+    assert result.returncode == 1
+    assert result.stderr.rstrip().splitlines()[-1].startswith(
+        "error: 2 consecutive steps (up to step 6) had a non-finite loss or gradient")
+    assert "The last good checkpoint, step 4, is intact" in result.stderr
+    assert snapshot(workdir / "checkpoints") == before
+    bad = [r for r in metric_records(workdir) if r["step"] > 4]
+    assert [(r["step"], r["nonfinite"], r["nonfinite_total"]) for r in bad] == [(5, 1, 1), (6, 1, 2)]
+
+    tokens[:] = clean  # the data repaired, the job goes on from the last good checkpoint
+    tokens.flush()
+    rerun = run_job(args, env)
+    assert resumed_from(rerun.stdout) == 4 and committed(workdir)[-1] == 8
+
+
+def test_a_disk_that_fills_during_a_save_is_reported_and_loses_nothing(corpus, env, trained, tmp_path):
+    # A 1 MiB file-size limit: the state's ~5 MB files fail mid-save in the file system
+    # itself (EFBIG, where a full disk gives ENOSPC), after the job has started writing.
+    workdir = copy_of(trained, tmp_path)
+    before = snapshot(workdir / "checkpoints")
+    args = job_args(corpus, workdir, "--config.checkpoint.every_steps=2",
+                    "--config.checkpoint.max_to_keep=2", "--config.train.stop_at_step=8")
+    limited = ["bash", "-c", 'ulimit -f 1024 && exec "$@"', "bash"]
+    result = run_job(args, env, expect_ok=False, prefix=limited)
+    assert result.returncode == 1
+    last = result.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"error: writing checkpoint 6 in {workdir / 'checkpoints'} failed: ")
+    assert "File too large" in last and "The committed checkpoints (2, 4) are untouched" in last
+    # Saving 6 would have retired 2 (max_to_keep=2): a failed save retires nothing.
+    assert committed(workdir) == [2, 4] and untouched(before, workdir / "checkpoints")
+    rerun = run_job(args, env)  # space freed: the job goes on from the last commit
+    assert resumed_from(rerun.stdout) == 4
+    assert committed(workdir) == [6, 8] and not in_flight(workdir)
+
+
+# --- 4. bad input ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "file is empty"),
+    (b"caf\xe9 latte\n", "not valid UTF-8"),
+    (b"Too short for one window.\n", "needs at least one window"),
+])
+def test_bad_data_files_are_named_and_change_no_checkpoint(trained, tmp_path, content, message):
+    # In this process (main.py turns the ValueError into one `error:` line, as the job
+    # tests above show); the workdir holds checkpoints that must stay as they are.
+    from gpt1_jax import pretrain
+    workdir = copy_of(trained, tmp_path)
+    text_file = tmp_path / "data.txt"
+    text_file.write_bytes(content)
+    config = load_config("demo.py")
+    config.model.n_ctx = 16
+    config.data.update(text_files=str(text_file), cache_dir=str(tmp_path / "cache"))
+    before = snapshot(workdir / "checkpoints")
+    with pytest.raises(ValueError, match=message) as error:
+        pretrain.run(config, workdir)
+    assert text_file.name in str(error.value)
+    assert snapshot(workdir / "checkpoints") == before
+
+
+def test_a_workdir_that_cannot_be_written_is_refused_before_anything_else(tmp_path):
+    from gpt1_jax import pretrain
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")  # root can write anywhere, but not under a file
+    with pytest.raises(workdir_lib.WorkdirError, match=f"workdir {blocker / 'run'} is not writable"):
+        pretrain.run(None, blocker / "run")  # the config is never read
+
+
+def test_a_checkpoint_whose_vocabulary_does_not_fit_is_refused(tmp_path):
+    from gpt1_jax import finetune, pretrain, tokenizers
+    from gpt1_jax import model as model_lib
+    # A 1,000-word model exported beside the 40,478-word GPT-1 tokenizer.
+    mcfg = model_lib.ModelConfig(vocab_size=1000, n_ctx=16, n_layer=1, n_head=2, d_model=16, d_ff=32)
+    params = nn.meta.unbox(model_lib.GPT1(mcfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    export = tmp_path / "export"
+    checkpoint_lib.save_params(export, params, dataclasses.asdict(mcfg))
+    pretrain.save_tokenizer(tokenizers.gpt1_bpe_tokenizer(), export / "tokenizer")
+    config = load_config("finetune.py", "sst2")
+    config.init_from = str(export)
+    with pytest.raises(checkpoint_lib.CheckpointError,
+                       match="records vocab_size=1000 but its tokenizer .* has 40478 entries"):
+        finetune.run(config, tmp_path / "finetune")
+    # Vocabulary recorded right, embedding table of another size: the restore names both.
+    big = model_lib.GPT1(dataclasses.replace(mcfg, vocab_size=40478))
+    abstract = nn.meta.unbox(jax.eval_shape(
+        lambda: big.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]))
+    with pytest.raises(checkpoint_lib.CheckpointError, match=r"tokens_embed/embedding: model expects "
+                       r"\(40478, 16\), checkpoint has \(1000, 16\)"):
+        checkpoint_lib.load_params(export, abstract)
+
+
+# --- 5. one job per workdir --------------------------------------------------------------------
+
+def test_a_second_job_on_a_live_jobs_workdir_is_refused_naming_it(corpus, env, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from gpt1_jax import workdir; "
+         "workdir.WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)",
+         str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = run_job(job_args(corpus, tmp_path), env, expect_ok=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    last = result.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"error: workdir {tmp_path} is in use by another job "
+                           f"(pid {holder.pid} on {socket.gethostname()}, started ")
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [workdir_lib.LOCK_FILE]  # nothing written
+    # Its holder dead (kill -9), the lock is free, though the file still names it.
+    assert f"pid {holder.pid} " in (tmp_path / workdir_lib.LOCK_FILE).read_text()
+    with workdir_lib.WorkdirLock(tmp_path):
+        assert f"pid {os.getpid()} " in (tmp_path / workdir_lib.LOCK_FILE).read_text()
+
+
+@pytest.mark.parametrize("job", ["run", "run_eval"])
+def test_fine_tuning_and_eval_jobs_take_the_lock_too(tmp_path, job):
+    from gpt1_jax import finetune
+    with workdir_lib.WorkdirLock(tmp_path):  # another open file: refused even in this process
+        with pytest.raises(workdir_lib.WorkdirLockedError, match=f"pid {os.getpid()} on"):
+            getattr(finetune, job)(None, tmp_path)
