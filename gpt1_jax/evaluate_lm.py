@@ -11,10 +11,8 @@ predicted exactly once: with the default stride of n_ctx the windows do not over
 and scores only the new ones. The last line printed is one JSON object:
 {"tokens": scored tokens, "nll": mean NLL in nats, "perplexity": exp(nll), ...}.
 """
-import glob
 import json
 import math
-import os
 import sys
 from typing import Iterator, Sequence
 
@@ -91,12 +89,7 @@ def _read_documents(args) -> tuple[list[str], str]:
     if bool(args.text) == bool(args.tfds):
         raise app.UsageError("give exactly one of --text and --tfds")
     if args.text:
-        paths = []
-        for pattern in args.text.split(","):
-            matches = sorted(glob.glob(os.path.expanduser(pattern.strip())))
-            if not matches:
-                raise FileNotFoundError(f"--text: no file matches {pattern.strip()!r}")
-            paths.extend(matches)
+        paths = corpus_lib.expand_patterns(args.text, "--text")
         return [corpus_lib.read_text_file(p) for p in paths], ",".join(paths)
     source = corpus_lib.TfdsCorpus(args.tfds, split=args.tfds_split, data_dir=args.tfds_data_dir or None,
                                    text_key=args.tfds_text_key)

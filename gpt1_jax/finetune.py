@@ -140,13 +140,7 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
               f"tokens, {num_steps:,} steps of {batch_size}; init_from={config.init_from or 'random'}"
               f"{'' if config.finetune.load_pretrained_weights else ' (shape and tokenizer only: random weights)'}")
     writer = reporting.MetricsWriter(workdir)
-    loop_cfg = trainer.LoopConfig(
-        num_steps=num_steps, stop_at_step=config.train.stop_at_step,
-        log_every_steps=config.train.log_every_steps, eval_every_steps=config.train.eval_every_steps,
-        checkpoint_every_steps=config.checkpoint.every_steps,
-        max_nonfinite_in_a_row=config.train.max_nonfinite_in_a_row,
-        grace_period_secs=config.train.grace_period_secs,
-        tokens_per_step=batch_size * s * data.max_len, progress=config.train.progress)
+    loop_cfg = pretrain.loop_config(config, num_steps, tokens_per_step=batch_size * s * data.max_len)
     save_meta = {"config": config.to_dict(), "model": dataclasses.asdict(mcfg), "task": spec.name,
                  "num_steps": num_steps, "max_len": data.max_len}
     started = time.time()

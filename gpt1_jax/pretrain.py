@@ -6,7 +6,6 @@
 The config is read here, at the edge, and passed on as plain values.
 """
 import dataclasses
-import glob
 import json
 import os
 import pathlib
@@ -57,6 +56,17 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_li
     return model_lib.ModelConfig(**fields)
 
 
+def loop_config(config: ml_collections.ConfigDict, num_steps: int, **throughput) -> trainer.LoopConfig:
+    """The training loop's settings from `config.train` and `config.checkpoint`."""
+    return trainer.LoopConfig(
+        num_steps=num_steps, stop_at_step=config.train.stop_at_step,
+        log_every_steps=config.train.log_every_steps, eval_every_steps=config.train.eval_every_steps,
+        checkpoint_every_steps=config.checkpoint.every_steps,
+        max_nonfinite_in_a_row=config.train.max_nonfinite_in_a_row,
+        grace_period_secs=config.train.grace_period_secs, progress=config.train.progress,
+        **throughput)
+
+
 def optimizer_config(config: ml_collections.ConfigDict, total_steps: int) -> optim.OptimizerConfig:
     return optim.OptimizerConfig(total_steps=total_steps, **dict(config.optimizer))
 
@@ -70,12 +80,7 @@ def corpus_source(config: ml_collections.ConfigDict):
                                      text_key=data.tfds_text_key)
     if not data.text_files:
         return corpus_lib.TextFilesCorpus(assets.book_files(), unwrap=data.unwrap_lines)
-    paths = []
-    for pattern in data.text_files.split(","):
-        matches = sorted(glob.glob(os.path.expanduser(pattern.strip())))
-        if not matches:
-            raise FileNotFoundError(f"data.text_files: no file matches {pattern.strip()!r}")
-        paths.extend(matches)
+    paths = corpus_lib.expand_patterns(data.text_files, "data.text_files")
     return corpus_lib.TextFilesCorpus(paths, unwrap=data.unwrap_lines)
 
 
@@ -238,14 +243,8 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
 
     save_meta = {"config": config.to_dict(), "model": dataclass_dict(mcfg), "num_steps": num_steps,
                  "tokenizer_fingerprint": tokenizer.fingerprint()}
-    loop_cfg = trainer.LoopConfig(
-        num_steps=num_steps, stop_at_step=config.train.stop_at_step,
-        log_every_steps=config.train.log_every_steps, eval_every_steps=config.train.eval_every_steps,
-        checkpoint_every_steps=config.checkpoint.every_steps,
-        max_nonfinite_in_a_row=config.train.max_nonfinite_in_a_row,
-        grace_period_secs=config.train.grace_period_secs,
-        tokens_per_step=batch_size * seq_len, flops_per_step=flops_per_step, peak_flops=peak,
-        progress=config.train.progress)
+    loop_cfg = loop_config(config, num_steps, tokens_per_step=batch_size * seq_len,
+                           flops_per_step=flops_per_step, peak_flops=peak)
     started = time.time()
     try:
         state, last = trainer.train_loop(state, train_step, batches, to_global, loop_cfg, writer,

@@ -1,6 +1,5 @@
 """Tests for gpt1_jax.data.corpus: sources, token cache, split, and the grain window pipeline."""
 import json
-import os
 import pathlib
 import sys
 
@@ -381,3 +380,12 @@ def test_unwrapping_is_part_of_the_cache_identity(tmp_path):
     unwrapped = corpus.TextFilesCorpus([path], unwrap=True)
     assert wrapped.identity() != unwrapped.identity()
     assert list(unwrapped.documents()) == ["one two\nthree\n"]
+
+
+def test_a_batch_of_one_window_works():
+    """grain's endless repeat() has length sys.maxsize; batches of one must still iterate."""
+    tokens = np.arange(200, dtype=np.uint16)
+    it = corpus.make_train_iterator(tokens, seq_len=8, global_batch_size=1, seed=0)
+    first = next(it)
+    assert first.shape == (1, 9)
+    np.testing.assert_array_equal(first[0, 1:], first[0, :-1] + 1)

@@ -12,7 +12,6 @@ import pytest
 from gpt1_jax import finetune
 from gpt1_jax import heads
 from gpt1_jax import model as model_lib
-from gpt1_jax.data import tasks
 
 from conftest import run_main
 

@@ -1,6 +1,5 @@
 """Sharded training equals single-device training; layouts follow the logical rules."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P

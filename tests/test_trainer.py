@@ -4,7 +4,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from gpt1_jax import model as model_lib
 from gpt1_jax import optim

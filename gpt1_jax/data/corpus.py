@@ -14,6 +14,7 @@ reads inputs `tokens_BxT1[:, :-1]` and predicts targets `tokens_BxT1[:, 1:]`.
 """
 import dataclasses
 import functools
+import glob
 import hashlib
 import json
 import logging
@@ -134,6 +135,20 @@ class TextFilesCorpus:
         for path in self.paths:
             text = read_text_file(path)
             yield unwrap_lines(text) if self.unwrap else text
+
+
+def expand_patterns(patterns: str, what: str) -> list[str]:
+    """Comma-separated paths or globs -> the matching files, sorted per pattern.
+
+    FileNotFoundError names `what` (the flag or config key) and the pattern that matched nothing.
+    """
+    paths = []
+    for pattern in patterns.split(","):
+        matches = sorted(glob.glob(os.path.expanduser(pattern.strip())))
+        if not matches:
+            raise FileNotFoundError(f"{what}: no file matches {pattern.strip()!r}")
+        paths.extend(matches)
+    return paths
 
 
 def read_text_file(path: str | os.PathLike) -> str:
@@ -459,6 +474,15 @@ def _local_batch(tokens_N: np.ndarray, seq_len: int, rows: slice,
     return _gather_windows(tokens_N, seq_len, window_ids_B[rows])
 
 
+def endless_epochs(num_items: int) -> int:
+    """Epochs enough to never run out, yet a finite dataset length.
+
+    grain's `repeat()` without a count has length sys.maxsize, which a later batch of size 1
+    or a prefetch step cannot take `len()` of; 2**40 items is beyond any training run.
+    """
+    return max(1, (1 << 40) // max(num_items, 1))
+
+
 def make_train_iterator(train_tokens: np.ndarray, seq_len: int, global_batch_size: int,
                         seed: int, process_index: int = 0,
                         process_count: int = 1) -> grain.DatasetIterator:
@@ -485,7 +509,7 @@ def make_train_iterator(train_tokens: np.ndarray, seq_len: int, global_batch_siz
     if num_windows == 0:
         raise ValueError(f"{train_tokens.shape[0]} training tokens hold no window of "
                          f"seq_len + 1 = {seq_len + 1} tokens")
-    window_ids = grain.MapDataset.range(num_windows).shuffle(seed=seed).repeat()
+    window_ids = grain.MapDataset.range(num_windows).shuffle(seed=seed).repeat(endless_epochs(num_windows))
     batches = window_ids.batch(global_batch_size).map(
         functools.partial(_local_batch, train_tokens, seq_len, rows))
     read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)

@@ -11,6 +11,7 @@ from typing import Optional
 import grain
 import numpy as np
 
+from gpt1_jax.data import corpus
 from gpt1_jax.data import tasks as tasks_lib
 from gpt1_jax.data import transforms
 
@@ -79,7 +80,7 @@ def make_batches(arrays: dict, batch_size: int, seed: int, process_index: int = 
     local = batch_size // process_count
     rows = slice(process_index * local, (process_index + 1) * local)
     n = len(arrays["label"])
-    ids = grain.MapDataset.range(n).shuffle(seed=seed).repeat().batch(batch_size)
+    ids = grain.MapDataset.range(n).shuffle(seed=seed).repeat(corpus.endless_epochs(n)).batch(batch_size)
     batches = ids.map(functools.partial(_take_rows, arrays, rows))
     return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
 
