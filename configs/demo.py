@@ -2,7 +2,7 @@
 
 Same architecture, tokenizer and recipe as configs/gpt1.py, scaled down: 4 layers,
 width 192 (3 heads of 64), FFN 768, the paper's 512-token windows, batches of 4 (2,048
-tokens a step), 300 steps with a short warm-up. Most of its FLOPs are the tied 40,478-word output head.
+tokens a step), 240 steps with a short warm-up. Most of its FLOPs are the tied 40,478-word output head.
 
     python -m gpt1_jax.main --config=configs/demo.py --workdir=runs/demo
 """
@@ -22,8 +22,8 @@ def _paper_config():
 def get_config():
     config = _paper_config()
     config.model.update(n_ctx=512, n_layer=4, n_head=3, d_model=192, d_ff=768)
-    config.train.update(batch_size=4, num_steps=300, log_every_steps=10,
-                        eval_every_steps=100, eval_batches=20)
+    config.train.update(batch_size=4, num_steps=240, log_every_steps=10,
+                        eval_every_steps=80, eval_batches=20)
     config.optimizer.update(learning_rate=1e-3, warmup_steps=30)
-    config.checkpoint.update(every_steps=100)
+    config.checkpoint.update(every_steps=80)
     return config
