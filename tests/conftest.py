@@ -16,6 +16,9 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The real task data (GLUE, Story Cloze) that may not be bundled: ../shared/data beside the
+# checkout, or wherever GPT1_JAX_SHARED_DATA points.
+SHARED_DATA = pathlib.Path(os.environ.get("GPT1_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
 TINY_MODEL = ["--config.model.n_ctx=64", "--config.model.n_layer=1", "--config.model.n_head=2",
               "--config.model.d_model=32", "--config.model.d_ff=64"]
 
@@ -49,3 +52,12 @@ def pretrained(tmp_path_factory):
              "--config.data.val_fraction=0.1", f"--config.data.text_files={corpus}",
              f"--config.data.cache_dir={workdir / 'cache'}")
     return workdir
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """The real task data; a clear failure (not a skip) when it is missing."""
+    if not (SHARED_DATA / "glue").is_dir():
+        pytest.fail(f"the real task data is missing: expected {SHARED_DATA}/glue "
+                    f"(set GPT1_JAX_SHARED_DATA to the folder holding glue/ and story_cloze/)")
+    return SHARED_DATA

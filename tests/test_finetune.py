@@ -13,11 +13,10 @@ from gpt1_jax import finetune
 from gpt1_jax import heads
 from gpt1_jax import model as model_lib
 
-from conftest import run_main
+from conftest import SHARED_DATA as SHARED, run_main
 
 CFG = model_lib.ModelConfig(vocab_size=50, n_special=3, n_ctx=16, n_layer=2, n_head=2,
                             d_model=16, d_ff=32)
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _init(model, s, l=12):
@@ -118,7 +117,7 @@ def _finetune(task, data_dir, workdir, pretrained, *extra):
                  "--config.train.batch_size=8", *extra)
 
 
-def test_sst2_fine_tuning_and_eval_mode_on_the_real_data(pretrained, tmp_path):
+def test_sst2_fine_tuning_and_eval_mode_on_the_real_data(pretrained, shared_data, tmp_path):
     _finetune("sst2", SHARED / "glue", tmp_path, pretrained, "--config.train.num_steps=2")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["step"] == 2 and 0.0 <= summary["eval"]["validation"]["accuracy"] <= 1.0
@@ -134,7 +133,7 @@ def test_sst2_fine_tuning_and_eval_mode_on_the_real_data(pretrained, tmp_path):
     assert wrong.returncode != 0 and "fine-tuned on 'sst2'" in wrong.stderr
 
 
-def test_story_cloze_multiple_choice_without_the_auxiliary_loss(pretrained, tmp_path):
+def test_story_cloze_multiple_choice_without_the_auxiliary_loss(pretrained, shared_data, tmp_path):
     _finetune("story_cloze", SHARED / "story_cloze", tmp_path, pretrained,
               "--config.train.num_steps=2", "--config.finetune.lm_coef=0")
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -16,7 +16,7 @@ from gpt1_jax import metrics
 from gpt1_jax.data import tasks
 from gpt1_jax.data.tasks import Example
 
-SHARED_DATA = Path("/work/shared/data")
+from conftest import SHARED_DATA
 GLUE_DIR = SHARED_DATA / "glue"
 STORY_CLOZE_DIR = SHARED_DATA / "story_cloze"
 needs_shared_data = pytest.mark.skipif(

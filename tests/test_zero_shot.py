@@ -11,6 +11,8 @@ from gpt1_jax import model as model_lib
 from gpt1_jax import zero_shot
 from gpt1_jax.data.tasks import Example
 
+from conftest import SHARED_DATA as SHARED
+
 CFG = model_lib.ModelConfig(vocab_size=40, n_ctx=32, n_layer=1, n_head=2, d_model=16, d_ff=32)
 
 
@@ -100,10 +102,9 @@ def test_dprd_substitutes_each_candidate_and_scores_the_rest(tmp_path):
         zero_shot.read_dprd(tmp_path / "bad.txt")
 
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def test_curve_over_every_checkpoint_of_a_run_on_real_data(pretrained):
+def test_curve_over_every_checkpoint_of_a_run_on_real_data(pretrained, shared_data):
     data = zero_shot.load_zero_shot_data(glue_dir=SHARED / "glue", story_cloze_dir=SHARED / "story_cloze",
                                          max_examples=16)
     results = zero_shot.evaluate_run(pretrained, data, batch_size=8, progress=None)
