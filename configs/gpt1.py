@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
         attention="einsum",    # or "dot_product" (jax.nn.dot_product_attention; needs attn_pdrop=0)
         attention_backend=ml_collections.FieldReference(None, field_type=str),
         dtype="float32",       # compute dtype; "bfloat16" for mixed precision
-        remat="none",          # or "block"
+        remat="none",          # "dots" (per block: keep matmul outputs) or "block" (keep block inputs only)
     ))
 
     config.data = ml_collections.ConfigDict(dict(

@@ -27,10 +27,15 @@ def initialize_distributed(config) -> None:
     dist = config.distributed
     if not dist.initialize:
         return
+    # Each value left unset (empty, 0, -1) is detected by JAX from the environment
+    # (TPU metadata, SLURM_*, Open MPI's OMPI_*), as when none is given.
     kwargs = {}
     if dist.coordinator_address:
-        kwargs = dict(coordinator_address=dist.coordinator_address,
-                      num_processes=dist.num_processes, process_id=dist.process_id)
+        kwargs["coordinator_address"] = dist.coordinator_address
+    if dist.num_processes > 0:
+        kwargs["num_processes"] = dist.num_processes
+    if dist.process_id >= 0:
+        kwargs["process_id"] = dist.process_id
     jax.distributed.initialize(**kwargs)
 
 

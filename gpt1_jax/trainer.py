@@ -114,20 +114,38 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
         loss, aux, grads = grads_of(state.params, batch, rng)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
+
+        def update(operands):
+            grads, opt_state, params = operands
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
         # A non-finite step leaves params and optimizer state untouched; the step
-        # counter still advances (its data was consumed).
-        keep = lambda new, old: jax.tree_util.tree_map(
-            lambda n, o: jnp.where(finite, n, o), new, old)
-        new_state = state.replace(step=state.step + 1, params=keep(new_params, state.params),
-                                  opt_state=keep(opt_state, state.opt_state))
+        # counter still advances (its data was consumed). A branch rather than
+        # `where(finite, new, old)` per leaf: the select reads each old Adam moment
+        # after its donated buffer is overwritten, so XLA would copy every moment
+        # first (measured on the gpt1 shape: +340 MiB temporaries, +4% step time).
+        new_params, opt_state = jax.lax.cond(
+            finite, update, lambda operands: (operands[2], operands[1]),
+            (grads, state.opt_state, state.params))
+        new_state = state.replace(step=state.step + 1, params=new_params, opt_state=opt_state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
                    "nonfinite": jnp.logical_not(finite).astype(jnp.int32), **aux}
         return new_state, metrics
 
     return jax.jit(step, in_shardings=(shardings, batch_sharding),
-                   out_shardings=(shardings, None), donate_argnums=(0,))
+                   out_shardings=(shardings, None), donate_argnums=(0,),
+                   compiler_options=_train_step_compiler_options())
+
+
+def _train_step_compiler_options() -> dict:
+    # XLA:CPU's default scheduler starts independent ops early so they can run
+    # concurrently, which keeps their results alive longer: it hoists every block's
+    # recomputation to the start of the backward pass, undoing model.remat. The
+    # memory-optimised order costs no step time on CPU (gpt1 shape: -300 MiB peak).
+    if jax.default_backend() == "cpu":
+        return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+    return {}
 
 
 def make_eval_step(loss_fn: LossFn, param_shardings: Any, batch_sharding: Any):

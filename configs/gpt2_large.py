@@ -1,0 +1,28 @@
+"""GPT-1's recipe at GPT-2-large width: 36 layers, width 1280, 20 heads, FFN 5120 (~760M
+parameters with GPT-1's 40,478-token vocabulary and 512 positions).
+
+As configs/gpt2_medium.py, with FSDP over 4 devices and each block recomputed in the
+backward pass except its matmul outputs (model.remat="dots"): on 8 devices, data 1 x
+fsdp 4 x tensor 2; bfloat16 computation with float32 parameters.
+
+    python -m gpt1_jax.main --config=configs/gpt2_large.py --workdir=runs/gpt2_large
+"""
+import importlib.util
+import pathlib
+
+
+def _paper_config():
+    # Loaded by path so that the config works from any working directory.
+    spec = importlib.util.spec_from_file_location("gpt1_paper_config",
+                                                  pathlib.Path(__file__).with_name("gpt1.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config():
+    config = _paper_config()
+    config.model.update(n_layer=36, n_head=20, d_model=1280, d_ff=5120, dtype="bfloat16",
+                        remat="dots")
+    config.mesh.update(data=-1, fsdp=4, tensor=2)
+    return config

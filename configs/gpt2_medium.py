@@ -1,0 +1,28 @@
+"""GPT-1's recipe at GPT-2-medium width: 24 layers, width 1024, 16 heads, FFN 4096 (~350M
+parameters with GPT-1's 40,478-token vocabulary and 512 positions).
+
+The layout shows how the model scales past one device's memory: FSDP shards every
+weight's "embed" dimension (and Adam's moments with it), tensor parallelism splits heads,
+the FFN width and the vocabulary, and the rest of the devices split the batch. On 8 devices
+that is data 2 x fsdp 2 x tensor 2; the computation is bfloat16 with float32 parameters.
+
+    python -m gpt1_jax.main --config=configs/gpt2_medium.py --workdir=runs/gpt2_medium
+"""
+import importlib.util
+import pathlib
+
+
+def _paper_config():
+    # Loaded by path so that the config works from any working directory.
+    spec = importlib.util.spec_from_file_location("gpt1_paper_config",
+                                                  pathlib.Path(__file__).with_name("gpt1.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config():
+    config = _paper_config()
+    config.model.update(n_layer=24, n_head=16, d_model=1024, d_ff=4096, dtype="bfloat16")
+    config.mesh.update(data=-1, fsdp=2, tensor=2)
+    return config
