@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
         init_std=0.02,
         attention="einsum",    # or "dot_product" (jax.nn.dot_product_attention; needs attn_pdrop=0)
         attention_backend=ml_collections.FieldReference(None, field_type=str),
+        attention_block=64,    # einsum: queries per block; keys after a block are never scored (0: one block)
         dtype="float32",       # compute dtype; "bfloat16" for mixed precision
         remat="none",          # "dots" (per block: keep matmul outputs) or "block" (keep block inputs only)
     ))

@@ -23,7 +23,6 @@ import jax.numpy as jnp
 
 ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product")
 REMAT_POLICIES = ("none", "dots", "block")
-ATTENTION_BLOCK = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +42,7 @@ class ModelConfig:
     init_std: float = 0.02
     attention: str = "einsum"     # "einsum" or "dot_product" (jax.nn.dot_product_attention)
     attention_backend: Optional[str] = None  # for dot_product: None (XLA picks), "xla", "cudnn"
+    attention_block: int = 64     # einsum: queries per block, each scoring only keys up to its end (0: all)
     dtype: str = "float32"        # compute dtype; parameters are always float32
     # Rematerialisation, per block: "none" keeps every activation for the backward pass;
     # "dots" keeps only matmul outputs (recomputes attention probabilities, GELU, LayerNorm,
@@ -186,7 +186,7 @@ class CausalSelfAttention(nn.Module):
             out_BxTxHxK = self._attend_through_cache(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, positions_BxT)
         elif cfg.attention == "einsum":
             out_BxTxHxK = causal_attention(
-                q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, block=ATTENTION_BLOCK,
+                q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, block=cfg.attention_block,
                 dropout=lambda p: Dropout(cfg.attn_pdrop)(p, deterministic=deterministic))
         else:
             if not deterministic and cfg.attn_pdrop > 0:

@@ -31,9 +31,9 @@ def test_fine_tuning_specials_add_three_embedding_rows():
     assert with_specials - base == 3 * TINY.d_model
 
 
-@pytest.mark.parametrize("attention", ["einsum", "dot_product"])
-def test_changing_a_token_never_changes_earlier_logits(attention):
-    cfg = dataclasses.replace(TINY, attention=attention)
+@pytest.mark.parametrize("attention, block", [("einsum", 0), ("einsum", 4), ("dot_product", 0)])
+def test_changing_a_token_never_changes_earlier_logits(attention, block):
+    cfg = dataclasses.replace(TINY, attention=attention, attention_block=block)
     model, params = _init(cfg, t=12)
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
     logits, _ = model.apply({"params": params}, tokens)
@@ -50,6 +50,23 @@ def test_attention_implementations_agree():
     tokens = jax.random.randint(jax.random.key(2), (2, 10), 0, TINY.vocab_size)
     np.testing.assert_allclose(model_e.apply({"params": params}, tokens)[0],
                                model_d.apply({"params": params}, tokens)[0], atol=2e-5)
+
+
+@pytest.mark.parametrize("block", [4, 5])  # 16 = 4 blocks of 4; blocks of 5 leave a ragged last one
+def test_block_causal_attention_equals_full_attention(block):
+    model_full, params = _init(dataclasses.replace(TINY, attention_block=0), t=16)
+    model_blocked = model_lib.GPT1(dataclasses.replace(TINY, attention_block=block))
+    tokens = jax.random.randint(jax.random.key(3), (2, 16), 0, TINY.vocab_size)
+
+    def mean_logit(model, params):
+        return jnp.mean(model.apply({"params": params}, tokens)[0] ** 2)
+    full, grads_full = jax.value_and_grad(lambda p: mean_logit(model_full, p))(params)
+    blocked, grads_blocked = jax.value_and_grad(lambda p: mean_logit(model_blocked, p))(params)
+    np.testing.assert_allclose(model_blocked.apply({"params": params}, tokens)[0],
+                               model_full.apply({"params": params}, tokens)[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(blocked, full, rtol=1e-6)
+    for g_b, g_f in zip(jax.tree_util.tree_leaves(grads_blocked), jax.tree_util.tree_leaves(grads_full)):
+        np.testing.assert_allclose(g_b, g_f, rtol=0, atol=1e-6)
 
 
 def _numpy_layer_norm(x, g, b, eps=1e-5):
