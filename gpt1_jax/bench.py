@@ -23,9 +23,15 @@ Shapes: `small` = 6 layers, width 384, 6 heads, FFN 1536, vocabulary 8192, 256 t
 batch 8; `gpt1` = the paper's model (12 x 768, 40,478 tokens, 512 positions), batch 2
 on a CPU and 64 on an accelerator. float32 unless `--dtype=bfloat16` (the project
 computes in bf16 with float32 parameters; the reference runs under torch.autocast).
+
+`--profile=DIR` also traces two of the project's steps (after the timed ones, so the
+timing is unaffected) and prints the time per part of the model (profiling.py): the
+vocabulary projection, the MLP and attention matmuls, softmax, LayerNorm, dropout, the
+optimizer. `--attention_block=0` measures full T x T attention instead of the block-causal one.
 """
 import json
 import os
+import pathlib
 import resource
 import statistics
 import subprocess
@@ -39,6 +45,9 @@ SHAPES = {
                   batch_cpu=8, batch_accelerator=8),
     "gpt1": dict(n_layer=12, d_model=768, n_head=12, d_ff=3072, vocab_size=40478, n_ctx=512,
                  batch_cpu=2, batch_accelerator=64),
+    # For the tests: the whole benchmark in seconds.
+    "tiny": dict(n_layer=2, d_model=64, n_head=2, d_ff=256, vocab_size=512, n_ctx=32,
+                 batch_cpu=2, batch_accelerator=2),
 }
 # The paper's optimiser (optim.py); the reference is given the same values.
 LEARNING_RATE, BETAS, EPS, WEIGHT_DECAY, MAX_GRAD_NORM, DROPOUT = 2.5e-4, (0.9, 0.999), 1e-8, 0.01, 1.0, 0.1
@@ -52,10 +61,14 @@ _ATTENTION = flags.DEFINE_enum("attention", "einsum", ["einsum", "dot_product"],
                                "The project's attention (dot_product needs --dropout=0).")
 _BACKEND = flags.DEFINE_string("attention_backend", None, "dot_product: None, xla or cudnn.")
 _REMAT = flags.DEFINE_string("remat", "none", "The project's model.remat.")
+_BLOCK = flags.DEFINE_integer("attention_block", 64, "The project's model.attention_block (0: one block).")
 _DROPOUT = flags.DEFINE_float("dropout", DROPOUT, "All dropout rates, both sides.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation, allocator warm-up).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per run.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Runs of each side, alternating.")
+_PROFILE = flags.DEFINE_string(
+    "profile", None, "Also trace 2 project steps into this directory and print where the time "
+    "goes, per part of the model (profiling.py); written to DIR/profile.json.")
 _WORKER = flags.DEFINE_enum("worker", None, ["project", "hf"], "Internal: run one side here.")
 
 
@@ -106,7 +119,7 @@ def project_worker(shape: dict, batch: int) -> dict:
         n_head=shape["n_head"], d_model=shape["d_model"], d_ff=shape["d_ff"],
         embd_pdrop=_DROPOUT.value, attn_pdrop=_DROPOUT.value, resid_pdrop=_DROPOUT.value,
         attention=_ATTENTION.value, attention_backend=_BACKEND.value, dtype=_DTYPE.value,
-        remat=_REMAT.value)
+        remat=_REMAT.value, attention_block=_BLOCK.value)
     model = model_lib.GPT1(cfg)
     ocfg = optim.OptimizerConfig(learning_rate=LEARNING_RATE, warmup_steps=0, total_steps=10_000,
                                  b1=BETAS[0], b2=BETAS[1], eps=EPS, weight_decay=WEIGHT_DECAY,
@@ -132,6 +145,8 @@ def project_worker(shape: dict, batch: int) -> dict:
         return holder["state"], holder["metrics"]
 
     times = _timed_steps(run_step, jax.block_until_ready, _WARMUP.value, _STEPS.value)
+    if _PROFILE.value:
+        _profile(train_step, holder, batches[0], run_step, _PROFILE.value)
     loss = float(holder["metrics"]["loss"])
     if device.platform == "cpu":
         peak = _rss_bytes()
@@ -141,6 +156,22 @@ def project_worker(shape: dict, batch: int) -> dict:
             "device_kind": f"{device.platform} {device.device_kind}", "loss": loss,
             "num_params": model_lib.count_params(holder["state"].params), "batch_size": batch,
             "peak_flops": reporting.peak_flops_per_device(device=device)}
+
+
+def _profile(train_step, holder, batch, run_step, out_dir: str) -> None:
+    """Traces 2 more steps; writes the time per part of the model to out_dir/profile.json."""
+    import jax
+
+    from gpt1_jax import profiling
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hlo_text = train_step.lower(holder["state"], batch).compile().as_text()
+    jax.profiler.start_trace(str(out))
+    for _ in range(2):
+        jax.block_until_ready(run_step())
+    jax.profiler.stop_trace()
+    summary = profiling.summarize(profiling.trace_events(out), profiling.op_names(hlo_text))
+    (out / "profile.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def hf_worker(shape: dict, batch: int) -> dict:
@@ -201,10 +232,13 @@ def _run_worker(side: str, batch: int) -> dict:
     """One side in a fresh process; its last stdout line is its JSON result."""
     argv = [sys.executable, "-m", "gpt1_jax.bench", f"--worker={side}", f"--shape={_SHAPE.value}",
             f"--batch_size={batch}", f"--dtype={_DTYPE.value}", f"--attention={_ATTENTION.value}",
-            f"--remat={_REMAT.value}", f"--dropout={_DROPOUT.value}", f"--warmup={_WARMUP.value}",
+            f"--remat={_REMAT.value}", f"--attention_block={_BLOCK.value}",
+            f"--dropout={_DROPOUT.value}", f"--warmup={_WARMUP.value}",
             f"--steps={_STEPS.value}"]
     if _BACKEND.value:
         argv.append(f"--attention_backend={_BACKEND.value}")
+    if _PROFILE.value and side == "project":
+        argv.append(f"--profile={_PROFILE.value}")
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"the {side} benchmark failed:\n{result.stderr[-4000:]}")
@@ -257,6 +291,7 @@ def benchmark() -> dict:
         "dtype": _DTYPE.value,
         "attention": _ATTENTION.value,
         "remat": _REMAT.value,
+        "attention_block": _BLOCK.value,
         "dropout": _DROPOUT.value,
         "threads": threads(),
         "warmup_steps": _WARMUP.value,
@@ -286,6 +321,11 @@ def main(argv) -> None:
         print(json.dumps(worker(SHAPES[_SHAPE.value], _BATCH.value)))
         return
     result = benchmark()
+    if _PROFILE.value:
+        from gpt1_jax import profiling
+        profile = json.loads((pathlib.Path(_PROFILE.value) / "profile.json").read_text())
+        result["profile"] = profile["parts"]
+        print(profiling.format_table(profile), file=sys.stderr)
     text = json.dumps(result, indent=2)
     print(text)
     if _OUT.value:

@@ -1,0 +1,59 @@
+"""The benchmark against HF PyTorch, and the profile summary it prints."""
+import json
+import subprocess
+import sys
+
+from gpt1_jax import profiling
+from conftest import REPO
+
+
+def test_benchmark_times_both_sides_at_the_same_shape(tmp_path):
+    out = tmp_path / "bench.json"
+    profile_dir = tmp_path / "profile"
+    subprocess.run([sys.executable, "-m", "gpt1_jax.bench", "--shape=tiny", "--reference=hf",
+                    "--warmup=1", "--steps=2", "--repeats=1", f"--out={out}",
+                    f"--profile={profile_dir}"], cwd=REPO, check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    reference = result["reference"]
+    # The same model on both sides: parameter counts agree (HF's tied head counted once).
+    assert result["num_params"] == reference["num_params"]
+    assert result["ratio"] == result["tokens_per_sec"] / reference["tokens_per_sec"]
+    assert result["tokens_per_sec"] == result["batch_size"] * result["n_ctx"] / result["step_time_sec"]
+    for side in (result, reference):
+        assert side["peak_memory_bytes"] > side["baseline_memory_bytes"] > 0
+        assert 0 < side["mfu"] < 1
+    # Both models start near ln(vocab) on random tokens and take a few steps.
+    assert abs(result["final_loss"] - reference["final_loss"]) < 0.5
+    parts = {row["part"] for row in result["profile"]}
+    assert {"vocabulary projection", "mlp matmuls", "mlp matmuls [backward]"} <= parts
+    profile = json.loads((profile_dir / "profile.json").read_text())
+    assert abs(sum(row["ms"] for row in profile["parts"]) + profile["unattributed_ms"]
+               - profile["total_ms"]) < 0.01
+
+
+def test_categorize_names_the_part_of_the_model_and_the_pass():
+    assert profiling.categorize("jit(step)/jvp(GPT1)/GPT1.logits/btd,vd->btv/dot_general") == \
+        "vocabulary projection"
+    assert profiling.categorize("jit(step)/transpose(jvp(GPT1))/h_3/mlp/c_fc/dot_general") == \
+        "mlp matmuls [backward]"
+    assert profiling.categorize("jit(step)/jvp(GPT1)/h_0/attn/bqhk,bshk->bhqs/dot_general") == \
+        "attention scores"
+    assert profiling.categorize("jit(step)/jvp(GPT1)/h_0/attn/Dropout_0/random_bits") == \
+        "dropout random bits"
+    assert profiling.categorize("jit(step)/jvp(GPT1)/h_1/ln_2/reduce_sum") == "layernorm"
+    assert profiling.categorize("jit(step)/mul") == profiling.OPTIMIZER
+
+
+def test_summarize_adds_up_each_part_and_keeps_the_unattributed_rest():
+    hlo = ('  %fusion.1 = f32[8,4]{1,0} fusion(%p), metadata={op_name="jit(step)/jvp(GPT1)/GPT1.logits/dot_general"}\n'
+           '  ROOT %dot.2 = f32[4]{0} dot(%a, %b), metadata={op_name="jit(step)/transpose(jvp(GPT1))/h_0/mlp/c_fc/dot_general"}\n')
+    names = profiling.op_names(hlo)
+    assert names == {"fusion.1": "jit(step)/jvp(GPT1)/GPT1.logits/dot_general",
+                     "dot.2": "jit(step)/transpose(jvp(GPT1))/h_0/mlp/c_fc/dot_general"}
+    events = [{"name": "fusion.1", "dur": 3000}, {"name": "fusion.1", "dur": 1000},
+              {"name": "dot.2", "dur": 4000}, {"name": "copy.7", "dur": 2000},
+              {"name": "ThunkExecutor::Execute", "dur": 99000}]
+    summary = profiling.summarize(events, names)
+    assert summary["total_ms"] == 10.0 and summary["unattributed_ms"] == 2.0
+    assert summary["parts"] == [{"part": "vocabulary projection", "ms": 4.0, "percent": 40.0},
+                                {"part": "mlp matmuls [backward]", "ms": 4.0, "percent": 40.0}]
