@@ -6,21 +6,13 @@ tokens a step), 240 steps with a short warm-up. Most of its FLOPs are the tied 4
 
     python -m gpt1_jax.main --config=configs/demo.py --workdir=runs/demo
 """
-import importlib.util
 import pathlib
 
-
-def _paper_config():
-    # Loaded by path so that the config works from any working directory.
-    spec = importlib.util.spec_from_file_location("gpt1_paper_config",
-                                                  pathlib.Path(__file__).with_name("gpt1.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from gpt1_jax import config_files
 
 
 def get_config():
-    config = _paper_config()
+    config = config_files.load(pathlib.Path(__file__).with_name("gpt1.py"))  # the paper's
     config.model.update(n_ctx=512, n_layer=4, n_head=3, d_model=192, d_ff=768)
     config.train.update(batch_size=4, num_steps=240, log_every_steps=10,
                         eval_every_steps=80, eval_batches=20)

@@ -12,20 +12,13 @@ as `init_from`, random weights.
 
 Tasks: mnli snli scitail qnli rte race race/middle race/high story_cloze mrpc qqp stsb cola sst2
 """
-import importlib.util
 import pathlib
 
-
-def _paper_config():
-    spec = importlib.util.spec_from_file_location("gpt1_paper_config",
-                                                  pathlib.Path(__file__).with_name("gpt1.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from gpt1_jax import config_files
 
 
 def get_config(task: str = "sst2"):
-    config = _paper_config()
+    config = config_files.load(pathlib.Path(__file__).with_name("gpt1.py"))  # the paper's
     config.mode = "finetune"
     config.task = task
     config.init_from = ""          # pretraining workdir, training checkpoint or params export

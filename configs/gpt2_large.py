@@ -7,21 +7,13 @@ fsdp 4 x tensor 2; bfloat16 computation with float32 parameters.
 
     python -m gpt1_jax.main --config=configs/gpt2_large.py --workdir=runs/gpt2_large
 """
-import importlib.util
 import pathlib
 
-
-def _paper_config():
-    # Loaded by path so that the config works from any working directory.
-    spec = importlib.util.spec_from_file_location("gpt1_paper_config",
-                                                  pathlib.Path(__file__).with_name("gpt1.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from gpt1_jax import config_files
 
 
 def get_config():
-    config = _paper_config()
+    config = config_files.load(pathlib.Path(__file__).with_name("gpt1.py"))  # the paper's
     config.model.update(n_layer=36, n_head=20, d_model=1280, d_ff=5120, dtype="bfloat16",
                         remat="dots")
     config.mesh.update(data=-1, fsdp=4, tensor=2)

@@ -8,21 +8,13 @@ that is data 2 x fsdp 2 x tensor 2; the computation is bfloat16 with float32 par
 
     python -m gpt1_jax.main --config=configs/gpt2_medium.py --workdir=runs/gpt2_medium
 """
-import importlib.util
 import pathlib
 
-
-def _paper_config():
-    # Loaded by path so that the config works from any working directory.
-    spec = importlib.util.spec_from_file_location("gpt1_paper_config",
-                                                  pathlib.Path(__file__).with_name("gpt1.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from gpt1_jax import config_files
 
 
 def get_config():
-    config = _paper_config()
+    config = config_files.load(pathlib.Path(__file__).with_name("gpt1.py"))  # the paper's
     config.model.update(n_layer=24, n_head=16, d_model=1024, d_ff=4096, dtype="bfloat16")
     config.mesh.update(data=-1, fsdp=2, tensor=2)
     return config

@@ -2,7 +2,6 @@
 
 Abstract only (jax.eval_shape): nothing of the 350M / 760M parameters is allocated.
 """
-import importlib.util
 import math
 import pathlib
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from gpt1_jax import config_files
 from gpt1_jax import model as model_lib
 from gpt1_jax import optim
 from gpt1_jax import pretrain
@@ -36,10 +36,7 @@ EXPECTED_SPECS = {
 
 
 def _config(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_files.load(REPO / "configs" / f"{name}.py")
 
 
 def _normal(spec: P) -> tuple:

@@ -7,7 +7,6 @@ another process; the product has no test hooks. All jobs share one step count (r
 `stop_at_step`) and a persistent XLA compilation cache, so only the first job compiles.
 """
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -28,8 +27,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gpt1_jax import assets
 from gpt1_jax import checkpoint as checkpoint_lib
+from gpt1_jax import config_files
 from gpt1_jax import trainer
 from gpt1_jax import workdir as workdir_lib
 
@@ -41,14 +40,6 @@ STEPS = ["--config.train.num_steps=100000"]
 
 
 # --- jobs in subprocesses ----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("corpus")
-    text = assets.book_files()[0].read_text(encoding="utf-8")[:40_000]
-    (directory / "book.txt").write_text(text, encoding="utf-8")
-    return directory
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
@@ -136,10 +127,7 @@ def saved_state(workdir, step) -> dict:
 
 def load_config(file_name, *args):
     """configs/<file_name>'s get_config(*args), as `--config=configs/<file_name>` loads it."""
-    spec = importlib.util.spec_from_file_location(file_name, REPO / "configs" / file_name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(*args)
+    return config_files.load(REPO / "configs" / file_name, *args)
 
 
 @pytest.fixture(scope="module")
