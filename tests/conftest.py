@@ -39,6 +39,17 @@ def run_main(*args, expect_ok=True, devices=1):
     return result
 
 
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A folder holding book.txt (the first 40,000 characters of a bundled book); jobs keep
+    their token cache beside it in cache/."""
+    from gpt1_jax import assets
+    directory = tmp_path_factory.mktemp("corpus")
+    text = assets.book_files()[0].read_text(encoding="utf-8")[:40_000]
+    (directory / "book.txt").write_text(text, encoding="utf-8")
+    return directory
+
+
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory):
     """A tiny pretraining workdir (3 steps, a checkpoint at each) on a slice of one book."""

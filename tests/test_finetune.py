@@ -1,7 +1,6 @@
 """Fine-tuning: the heads pool at the classify token, the losses, the transplant, the job."""
 import dataclasses
 import json
-import pathlib
 
 import flax.linen as nn
 import jax

@@ -18,7 +18,6 @@ import jax
 import numpy as np
 import pytest
 
-from gpt1_jax import assets
 from gpt1_jax import checkpoint as checkpoint_lib
 from gpt1_jax import model as model_lib
 from gpt1_jax import pretrain
@@ -111,14 +110,6 @@ def _assert_close(a: list[np.ndarray], b: list[np.ndarray], atol: float) -> None
     assert len(a) == len(b)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=0, atol=atol)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("corpus")
-    text = assets.book_files()[0].read_text(encoding="utf-8")[:40_000]
-    (directory / "book.txt").write_text(text, encoding="utf-8")
-    return directory
 
 
 @pytest.mark.slow

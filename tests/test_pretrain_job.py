@@ -13,9 +13,7 @@ import time
 
 import numpy as np
 import orbax.checkpoint as ocp
-import pytest
 
-from gpt1_jax import assets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = [
@@ -26,14 +24,6 @@ TINY = [
     "--config.train.progress=False", "--config.optimizer.warmup_steps=2",
     "--config.data.val_fraction=0.05",
 ]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("corpus")
-    text = assets.book_files()[0].read_text(encoding="utf-8")[:40_000]
-    (directory / "book.txt").write_text(text, encoding="utf-8")
-    return directory
 
 
 def job_args(corpus, workdir, *overrides):

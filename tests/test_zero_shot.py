@@ -1,5 +1,4 @@
 """Zero-shot evaluators: LM scoring is exact, each task's decision rule, the run-level curve."""
-import pathlib
 
 import flax.linen as nn
 import jax
@@ -100,8 +99,6 @@ def test_dprd_substitutes_each_candidate_and_scores_the_rest(tmp_path):
     (tmp_path / "bad.txt").write_text("one line only\n\n")
     with pytest.raises(ValueError, match="bad.txt:1"):
         zero_shot.read_dprd(tmp_path / "bad.txt")
-
-
 
 
 def test_curve_over_every_checkpoint_of_a_run_on_real_data(pretrained, shared_data):
