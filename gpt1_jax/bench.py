@@ -11,12 +11,19 @@ AdamW, donated state); the reference runs transformers' `OpenAIGPTLMHeadModel` w
 cores this process may run on), random tokens, `--warmup` untimed steps and then
 `--steps` timed ones; each step is waited for before the next starts.
 
-The sides alternate, `--repeats` times (project, reference, reference, project, ...), so
-a machine that slows down or speeds up part way through affects both alike; the
-reported figures are medians over the repeats, and `ratio` is the project's tokens/s
-over the reference's. Peak memory is the process's peak resident set on CPU (which
-includes the framework itself: each process's resident set just after its imports is
-reported as `baseline_memory_bytes`), and the device's peak allocation on a GPU.
+Both sides are started, set up and warmed up first, and then take turns: a turn is one
+untimed step and then `--turn_steps` timed ones of the same side. The untimed step
+absorbs what the switch costs (measured here: a step right after the other process's
+runs up to 12% slower, whichever side it is, while its threads wind down and caches
+refill), so the timed steps are steady-state training steps, as in a real run. Taking
+turns means a machine that speeds up or slows down part way through (a shared host
+does, by 10% and more over a minute) affects both sides alike. The reported step times
+are medians over `--steps` timed steps, `ratio` is the project's tokens/s over the
+reference's, and `ratio_per_turn` the same for each pair of neighbouring turns. Peak
+memory is each process's own peak resident set on CPU (which includes the framework
+itself: each process's resident set just after its imports is reported as
+`baseline_memory_bytes`), and the device's peak allocation on a GPU (JAX is then told
+not to preallocate, so that both processes fit on one device).
 MFU uses `reporting.flops_per_token` and the device's peak from `reporting.py`.
 
 Shapes: `small` = 6 layers, width 384, 6 heads, FFN 1536, vocabulary 8192, 256 tokens,
@@ -36,6 +43,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -64,8 +72,8 @@ _REMAT = flags.DEFINE_string("remat", "none", "The project's model.remat.")
 _BLOCK = flags.DEFINE_integer("attention_block", 64, "The project's model.attention_block (0: one block).")
 _DROPOUT = flags.DEFINE_float("dropout", DROPOUT, "All dropout rates, both sides.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation, allocator warm-up).")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per run.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Runs of each side, alternating.")
+_STEPS = flags.DEFINE_integer("steps", 12, "Timed steps of each side, in all.")
+_TURN_STEPS = flags.DEFINE_integer("turn_steps", 2, "Timed steps of a side per turn (after one untimed).")
 _PROFILE = flags.DEFINE_string(
     "profile", None, "Also trace 2 project steps into this directory and print where the time "
     "goes, per part of the model (profiling.py); written to DIR/profile.json.")
@@ -82,26 +90,28 @@ def _rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _timed_steps(run_step, wait, warmup: int, steps: int) -> list[float]:
-    """Seconds of each of `steps` steps after `warmup` untimed ones."""
-    for _ in range(warmup):
-        wait(run_step())
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        wait(run_step())
-        times.append(time.perf_counter() - started)
-    return times
-
-
 def _random_batches(vocab: int, batch: int, length: int, count: int = 4):
     import numpy as np
     rng = np.random.default_rng(0)
     return [rng.integers(0, vocab, (batch, length), dtype=np.int32) for _ in range(count)]
 
 
-def project_worker(shape: dict, batch: int) -> dict:
-    """Trains the project's model with the real train step; returns timings and memory.
+class Session:
+    """One side, set up for `batch_size` rows: `step()` runs one train step and waits for
+    it; `report()` says what was trained and the process's peak memory."""
+
+    def __init__(self, batch_size: int, run_step, wait, report):
+        self.batch_size = batch_size
+        self._run_step, self._wait, self.report = run_step, wait, report
+
+    def step(self) -> float:
+        started = time.perf_counter()
+        self._wait(self._run_step())
+        return time.perf_counter() - started
+
+
+def project_session(shape: dict, batch: int) -> Session:
+    """The project's model with the real train step.
 
     `batch` 0 picks the shape's batch for this backend (reported back as `batch_size`).
     """
@@ -144,18 +154,20 @@ def project_worker(shape: dict, batch: int) -> dict:
         holder["i"] += 1
         return holder["state"], holder["metrics"]
 
-    times = _timed_steps(run_step, jax.block_until_ready, _WARMUP.value, _STEPS.value)
-    if _PROFILE.value:
-        _profile(train_step, holder, batches[0], run_step, _PROFILE.value)
-    loss = float(holder["metrics"]["loss"])
-    if device.platform == "cpu":
-        peak = _rss_bytes()
-    else:
-        peak = int((device.memory_stats() or {}).get("peak_bytes_in_use", 0))
-    return {"step_times": times, "peak_memory_bytes": peak, "baseline_memory_bytes": baseline,
-            "device_kind": f"{device.platform} {device.device_kind}", "loss": loss,
-            "num_params": model_lib.count_params(holder["state"].params), "batch_size": batch,
-            "peak_flops": reporting.peak_flops_per_device(device=device)}
+    def report() -> dict:
+        if _PROFILE.value:
+            _profile(train_step, holder, batches[0], run_step, _PROFILE.value)
+        if device.platform == "cpu":
+            peak = _rss_bytes()
+        else:
+            peak = int((device.memory_stats() or {}).get("peak_bytes_in_use", 0))
+        return {"peak_memory_bytes": peak, "baseline_memory_bytes": baseline,
+                "device_kind": f"{device.platform} {device.device_kind}",
+                "loss": float(holder["metrics"]["loss"]),
+                "num_params": model_lib.count_params(holder["state"].params), "batch_size": batch,
+                "peak_flops": reporting.peak_flops_per_device(device=device)}
+
+    return Session(batch, run_step, jax.block_until_ready, report)
 
 
 def _profile(train_step, holder, batch, run_step, out_dir: str) -> None:
@@ -174,8 +186,8 @@ def _profile(train_step, holder, batch, run_step, out_dir: str) -> None:
     (out / "profile.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def hf_worker(shape: dict, batch: int) -> dict:
-    """Trains transformers' OpenAIGPTLMHeadModel with torch.optim.AdamW at the same shape."""
+def hf_session(shape: dict, batch: int) -> Session:
+    """transformers' OpenAIGPTLMHeadModel with torch.optim.AdamW at the same shape."""
     import torch
     import transformers
     baseline = _rss_bytes()
@@ -220,70 +232,135 @@ def hf_worker(shape: dict, batch: int) -> dict:
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = _timed_steps(run_step, wait, _WARMUP.value, _STEPS.value)
-    peak = torch.cuda.max_memory_allocated() if cuda else _rss_bytes()
-    kind = f"gpu {torch.cuda.get_device_name()}" if cuda else "cpu"
-    return {"step_times": times, "peak_memory_bytes": int(peak), "baseline_memory_bytes": baseline,
-            "device_kind": kind, "loss": float(holder["loss"]),
-            "num_params": sum(p.numel() for p in model.parameters())}
+
+    def report() -> dict:
+        peak = torch.cuda.max_memory_allocated() if cuda else _rss_bytes()
+        kind = f"gpu {torch.cuda.get_device_name()}" if cuda else "cpu"
+        return {"peak_memory_bytes": int(peak), "baseline_memory_bytes": baseline,
+                "device_kind": kind, "loss": float(holder["loss"]), "batch_size": batch,
+                "num_params": sum(p.numel() for p in model.parameters())}
+
+    return Session(batch, run_step, wait, report)
 
 
-def _run_worker(side: str, batch: int) -> dict:
-    """One side in a fresh process; its last stdout line is its JSON result."""
-    argv = [sys.executable, "-m", "gpt1_jax.bench", f"--worker={side}", f"--shape={_SHAPE.value}",
-            f"--batch_size={batch}", f"--dtype={_DTYPE.value}", f"--attention={_ATTENTION.value}",
-            f"--remat={_REMAT.value}", f"--attention_block={_BLOCK.value}",
-            f"--dropout={_DROPOUT.value}", f"--warmup={_WARMUP.value}",
-            f"--steps={_STEPS.value}"]
-    if _BACKEND.value:
-        argv.append(f"--attention_backend={_BACKEND.value}")
-    if _PROFILE.value and side == "project":
-        argv.append(f"--profile={_PROFILE.value}")
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"the {side} benchmark failed:\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def serve(session: Session) -> None:
+    """The worker's side of the turn-taking: one line in per command, one line out.
+
+    It first answers its batch size, once set up; then "step" runs a step and answers its
+    seconds, and "done" answers the report (JSON) and ends.
+    """
+    print(session.batch_size, flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "step":
+            print(session.step(), flush=True)
+        elif command == "done":
+            print(json.dumps(session.report()), flush=True)
+            return
+        else:
+            raise ValueError(f"unknown command {command!r}")
 
 
-def _summary(runs: list[dict], tokens_per_step: int, flops_per_token: float, peak_flops: float) -> dict:
-    # Each run's median step; then the median over runs.
-    step_time = statistics.median(statistics.median(r["step_times"]) for r in runs)
+class _Worker:
+    """One side in its own process, driven through its stdin and stdout (`serve`)."""
+
+    def __init__(self, side: str, batch: int):
+        self.side = side
+        argv = [sys.executable, "-m", "gpt1_jax.bench", f"--worker={side}", f"--shape={_SHAPE.value}",
+                f"--batch_size={batch}", f"--dtype={_DTYPE.value}", f"--attention={_ATTENTION.value}",
+                f"--remat={_REMAT.value}", f"--attention_block={_BLOCK.value}",
+                f"--dropout={_DROPOUT.value}"]
+        if _BACKEND.value:
+            argv.append(f"--attention_backend={_BACKEND.value}")
+        if _PROFILE.value and side == "project":
+            argv.append(f"--profile={_PROFILE.value}")
+        # Both processes live at once: on a GPU, JAX must not take most of its memory.
+        env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._stderr, text=True, env=env)
+        self.batch_size = int(self._answer())  # once set up
+
+    def _answer(self) -> str:
+        line = self._process.stdout.readline()
+        if not line:
+            self._process.wait()
+            self._stderr.seek(0)
+            raise RuntimeError(f"the {self.side} benchmark failed:\n{self._stderr.read()[-4000:]}")
+        return line.strip()
+
+    def step(self) -> float:
+        self._process.stdin.write("step\n")
+        self._process.stdin.flush()
+        return float(self._answer())
+
+    def finish(self) -> dict:
+        self._process.stdin.write("done\n")
+        self._process.stdin.flush()
+        report = json.loads(self._answer())
+        self._process.wait()
+        return report
+
+    def kill(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+
+def _summary(step_times: list[float], report: dict, tokens_per_step: int,
+             flops_per_token: float, peak_flops: float) -> dict:
+    step_time = statistics.median(step_times)
     tokens_per_sec = tokens_per_step / step_time
     return {
         "tokens_per_sec": tokens_per_sec,
         "step_time_sec": step_time,
+        "step_times_sec": step_times,
         "mfu": tokens_per_sec * flops_per_token / peak_flops if peak_flops else None,
-        "peak_memory_bytes": max(r["peak_memory_bytes"] for r in runs),
-        "baseline_memory_bytes": max(r["baseline_memory_bytes"] for r in runs),
-        "tokens_per_sec_per_run": [tokens_per_step / statistics.median(r["step_times"]) for r in runs],
-        "device_kind": runs[0]["device_kind"],
-        "num_params": runs[0]["num_params"],
-        "final_loss": runs[-1]["loss"],
+        "peak_memory_bytes": report["peak_memory_bytes"],
+        "baseline_memory_bytes": report["baseline_memory_bytes"],
+        "device_kind": report["device_kind"],
+        "num_params": report["num_params"],
+        "final_loss": report["loss"],
     }
 
 
 def benchmark() -> dict:
-    """Alternating runs of both sides; medians, MFU and the ratio.
+    """Both sides taking turns; medians, MFU and the ratio.
 
-    This process starts no JAX backend (on a GPU it would hold memory the workers need):
-    the first project run reports the batch and the device's peak FLOP/s.
+    This process starts no JAX backend (on a GPU it would hold memory the workers need).
+    The project's worker starts first: the batch it picks for its backend is the reference's.
     """
     from gpt1_jax import reporting
     shape = SHAPES[_SHAPE.value]
-    batch = _BATCH.value
     sides = ["project"] + (["hf"] if _REFERENCE.value == "hf" else [])
-    runs = {side: [] for side in sides}
-    for repeat in range(_REPEATS.value):
-        for side in sides if repeat % 2 == 0 else sides[::-1]:
-            runs[side].append(_run_worker(side, batch))
-            batch = batch or runs[side][-1]["batch_size"]
-            print(f"[bench] {side} run {repeat + 1}: "
-                  f"{statistics.median(runs[side][-1]['step_times']):.3f} s/step", file=sys.stderr)
+    workers = {}
+    try:
+        workers["project"] = _Worker("project", _BATCH.value)
+        for _ in range(_WARMUP.value):
+            workers["project"].step()
+        if "hf" in sides:
+            workers["hf"] = _Worker("hf", workers["project"].batch_size)
+            for _ in range(_WARMUP.value):
+                workers["hf"].step()
+        times = {side: [] for side in sides}
+        turns = -(-_STEPS.value // _TURN_STEPS.value)
+        for turn in range(turns):
+            for side in sides:
+                workers[side].step()  # the switch-over step, untimed
+                steps = min(_TURN_STEPS.value, _STEPS.value - len(times[side]))
+                times[side] += [workers[side].step() for _ in range(steps)]
+                print(f"[bench] {side} turn {turn + 1}/{turns}: "
+                      f"{statistics.median(times[side][-steps:]):.3f} s/step", file=sys.stderr)
+        reports = {side: workers[side].finish() for side in sides}
+    finally:
+        for worker in workers.values():
+            worker.kill()
 
+    batch = reports["project"]["batch_size"]
     tokens_per_step = batch * shape["n_ctx"]
     flops = reporting.flops_per_token(shape["n_layer"], shape["d_model"], shape["d_ff"],
                                       shape["vocab_size"], shape["n_ctx"])
-    peak = runs["project"][0]["peak_flops"]
+    peak = reports["project"]["peak_flops"]
     result = {
         "shape": _SHAPE.value,
         **{k: v for k, v in shape.items() if not k.startswith("batch_")},
@@ -296,18 +373,20 @@ def benchmark() -> dict:
         "threads": threads(),
         "warmup_steps": _WARMUP.value,
         "timed_steps": _STEPS.value,
-        "repeats": _REPEATS.value,
+        "turn_steps": _TURN_STEPS.value,
         "flops_per_token": flops,
         "peak_flops": peak,
-        **_summary(runs["project"], tokens_per_step, flops, peak),
+        **_summary(times["project"], reports["project"], tokens_per_step, flops, peak),
     }
-    if "hf" in runs:
-        reference = _summary(runs["hf"], tokens_per_step, flops, peak)
+    if "hf" in sides:
+        reference = _summary(times["hf"], reports["hf"], tokens_per_step, flops, peak)
         result["reference"] = {"name": "transformers OpenAIGPTLMHeadModel + torch.optim.AdamW",
                                **reference}
         result["ratio"] = result["tokens_per_sec"] / reference["tokens_per_sec"]
-        result["ratio_per_repeat"] = [p / r for p, r in zip(result["tokens_per_sec_per_run"],
-                                                             reference["tokens_per_sec_per_run"])]
+        per_turn = lambda t: [statistics.median(t[i:i + _TURN_STEPS.value])
+                              for i in range(0, len(t), _TURN_STEPS.value)]
+        result["ratio_per_turn"] = [r / p for p, r in zip(per_turn(times["project"]),
+                                                         per_turn(times["hf"]))]
         result["memory_ratio"] = result["peak_memory_bytes"] / reference["peak_memory_bytes"]
     return result
 
@@ -317,8 +396,8 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _WORKER.value:
         # Nothing of the other side is imported here: its memory would count as ours.
-        worker = project_worker if _WORKER.value == "project" else hf_worker
-        print(json.dumps(worker(SHAPES[_SHAPE.value], _BATCH.value)))
+        session = project_session if _WORKER.value == "project" else hf_session
+        serve(session(SHAPES[_SHAPE.value], _BATCH.value))
         return
     result = benchmark()
     if _PROFILE.value:

@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gpt1_jax.dropout import Dropout
+
 ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product")
 REMAT_POLICIES = ("none", "dots", "block")
 
@@ -88,51 +90,23 @@ def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
     )
 
 
-class Dropout(nn.Module):
-    """Inverted dropout that draws 16 random bits per element rather than 32.
-
-    Random bits are the cost of dropout on a CPU (threefry, about a tenth of a training
-    step at the paper's rates, most of it on the [B, H, T, T] attention probabilities),
-    and 16 bits halve it. An element is kept when its 16 bits fall below
-    round((1 - rate) * 2^16), so the rate is exact to 2^-16 (0.1 -> 0.1000061), and
-    kept elements are scaled by the inverse of that exact keep probability, so the
-    expectation is unchanged. Like `nn.Dropout`, it draws from the "dropout" RNG stream
-    and its bits do not depend on how the array is sharded.
-    """
-    rate: float
-
-    @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-        if deterministic or self.rate == 0.0:
-            return x
-        threshold = round((1.0 - self.rate) * 65536)
-        if threshold == 0:
-            return jnp.zeros_like(x)
-        bits = _random_uint16(self.make_rng("dropout"), x.shape)
-        scale = jnp.asarray(65536 / threshold, x.dtype)
-        return jnp.where(bits < threshold, x * scale, jnp.zeros((), x.dtype))
-
-
-def _random_uint16(rng: jax.Array, shape: tuple) -> jax.Array:
-    """Uniform uint16s: each 32-bit draw supplies two neighbours along the last axis."""
-    if shape and shape[-1] % 2 == 0:
-        bits = jax.random.bits(rng, (*shape[:-1], shape[-1] // 2), jnp.uint32)
-        return jax.lax.bitcast_convert_type(bits, jnp.uint16).reshape(shape)
-    return (jax.random.bits(rng, shape, jnp.uint32) >> 16).astype(jnp.uint16)
-
-
-def attention_weights(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, visible_BxTxS: jax.Array) -> jax.Array:
-    """Softmax of the 1/sqrt(K)-scaled scores of T queries over S keys, in float32;
-    a key that is not `visible` to a query gets no weight."""
-    scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
-    scores_BxHxTxS = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32) * scale
-    scores_BxHxTxS = jnp.where(visible_BxTxS[:, None], scores_BxHxTxS, jnp.finfo(jnp.float32).min)
+def _softmax_visible(scores_BxHxTxS: jax.Array, visible_BxTxS: jax.Array) -> jax.Array:
+    """Softmax over keys in float32; a key that is not `visible` to a query gets no weight."""
+    scores_BxHxTxS = jnp.where(visible_BxTxS[:, None], scores_BxHxTxS.astype(jnp.float32),
+                               jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(scores_BxHxTxS, axis=-1)
 
 
-def causal_attention(q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array,
+def attention_weights(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, visible_BxTxS: jax.Array) -> jax.Array:
+    """Softmax of the 1/sqrt(K)-scaled scores of T queries over the S `visible` keys."""
+    scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
+    scores_BxHxTxS = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxSxHxK) * scale
+    return _softmax_visible(scores_BxHxTxS, visible_BxTxS)
+
+
+def causal_attention(q_BxHxTxK: jax.Array, k_BxHxTxK: jax.Array, v_BxHxTxK: jax.Array,
                      dropout, block: int) -> jax.Array:
-    """Causal softmax attention, exact, computed `block` queries at a time.
+    """Causal softmax attention, exact, computed `block` queries at a time; head-major.
 
     Queries [i, i + block) see only keys [0, i + block): the keys after a block, which
     the causal mask would zero anyway, are never scored. For T = n * block this does
@@ -140,18 +114,24 @@ def causal_attention(q_BxTxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.
     n = 4), in matmuls and elementwise passes alike. Each query's softmax runs over the
     same visible keys as with the full mask, so the result is the same. `dropout` is
     applied to each block's probabilities; `block` <= 0 takes all T queries at once.
+
+    The [B, H, T, K] layout makes a block's queries and keys slices of each (batch, head)
+    plane, so every block is a plain batched matmul over (B, H); slices of [B, T, H, K]
+    would each be gathered through a transpose first.
     """
-    t = q_BxTxHxK.shape[1]
+    t = q_BxHxTxK.shape[2]
     block = t if block <= 0 else block
+    scale = 1.0 / math.sqrt(q_BxHxTxK.shape[-1])
     outs = []
     for start in range(0, t, block):
         stop = min(start + block, t)
         visible_1xQxS = (jnp.arange(stop)[None, :] <= jnp.arange(start, stop)[:, None])[None]
-        probs_BxHxQxS = attention_weights(q_BxTxHxK[:, start:stop], k_BxTxHxK[:, :stop], visible_1xQxS)
-        probs_BxHxQxS = dropout(probs_BxHxQxS)
-        outs.append(jnp.einsum("bhqs,bshk->bqhk", probs_BxHxQxS.astype(v_BxTxHxK.dtype),
-                               v_BxTxHxK[:, :stop]))
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+        scores_BxHxQxS = jnp.einsum("bhqk,bhsk->bhqs", q_BxHxTxK[:, :, start:stop],
+                                    k_BxHxTxK[:, :, :stop]) * scale
+        probs_BxHxQxS = dropout(_softmax_visible(scores_BxHxQxS, visible_1xQxS))
+        outs.append(jnp.einsum("bhqs,bhsk->bhqk", probs_BxHxQxS.astype(v_BxHxTxK.dtype),
+                               v_BxHxTxK[:, :, :stop]))
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
 
 
 class CausalSelfAttention(nn.Module):
@@ -185,9 +165,12 @@ class CausalSelfAttention(nn.Module):
         if decode:
             out_BxTxHxK = self._attend_through_cache(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, positions_BxT)
         elif cfg.attention == "einsum":
-            out_BxTxHxK = causal_attention(
-                q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, block=cfg.attention_block,
+            q_BxHxTxK, k_BxHxTxK, v_BxHxTxK = (
+                x.transpose(0, 2, 1, 3) for x in (q_BxTxHxK, k_BxTxHxK, v_BxTxHxK))
+            out_BxHxTxK = causal_attention(
+                q_BxHxTxK, k_BxHxTxK, v_BxHxTxK, block=cfg.attention_block,
                 dropout=lambda p: Dropout(cfg.attn_pdrop)(p, deterministic=deterministic))
+            out_BxTxHxK = out_BxHxTxK.transpose(0, 2, 1, 3)
         else:
             if not deterministic and cfg.attn_pdrop > 0:
                 raise ValueError(

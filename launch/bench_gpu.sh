@@ -7,18 +7,18 @@
 #   e.g. launch/bench_gpu.sh bench_gpu.json --attention=einsum --dropout=0.1
 #
 # Defaults: cuDNN flash attention through jax.nn.dot_product_attention (it has no dropout on
-# the attention probabilities, so dropout is 0 on both sides), 3 warm-up and 10 timed steps,
-# one run of each side. Needs jax[cuda12] and a CUDA build of torch; a 10-minute limit.
+# the attention probabilities, so dropout is 0 on both sides), 3 warm-up and 10 timed steps
+# of each side, taking turns of 2. Needs jax[cuda12] and a CUDA build of torch; a 10-minute limit.
 set -euo pipefail
 out=${1:-bench_gpu.json}
 shift || true
 cd "$(dirname "$0")/.."
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
-# Each side runs in its own process, one after the other, so JAX may preallocate: its
-# reported peak is the allocator's peak in use, not the pool.
+# Each side runs in its own process; both are alive at once, so the bench tells JAX not to
+# preallocate. Its reported peak is the allocator's peak in use.
 timeout 600 python -m gpt1_jax.bench --shape=gpt1 --reference=hf --dtype=bfloat16 --batch_size=64 \
     --attention=dot_product --attention_backend=cudnn --dropout=0.0 \
-    --warmup=3 --steps=10 --repeats=1 --out="$out" "$@" > /dev/null
+    --warmup=3 --steps=10 --turn_steps=2 --out="$out" "$@" > /dev/null
 python - "$out" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

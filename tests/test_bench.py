@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
 from gpt1_jax import profiling
 from conftest import REPO
 
@@ -11,13 +13,19 @@ def test_benchmark_times_both_sides_at_the_same_shape(tmp_path):
     out = tmp_path / "bench.json"
     profile_dir = tmp_path / "profile"
     subprocess.run([sys.executable, "-m", "gpt1_jax.bench", "--shape=tiny", "--reference=hf",
-                    "--warmup=1", "--steps=2", "--repeats=1", f"--out={out}",
+                    "--warmup=1", "--steps=4", "--turn_steps=2", f"--out={out}",
                     f"--profile={profile_dir}"], cwd=REPO, check=True, capture_output=True)
     result = json.loads(out.read_text())
     reference = result["reference"]
     # The same model on both sides: parameter counts agree (HF's tied head counted once).
     assert result["num_params"] == reference["num_params"]
     assert result["ratio"] == result["tokens_per_sec"] / reference["tokens_per_sec"]
+    # Two turns of each side, two timed steps each; a turn's ratio is of its median steps.
+    assert len(result["step_times_sec"]) == len(reference["step_times_sec"]) == 4
+    turn = lambda times, i: float(np.median(times[2 * i:2 * i + 2]))
+    np.testing.assert_allclose(result["ratio_per_turn"],
+                               [turn(reference["step_times_sec"], i) / turn(result["step_times_sec"], i)
+                                for i in range(2)])
     assert result["tokens_per_sec"] == result["batch_size"] * result["n_ctx"] / result["step_time_sec"]
     for side in (result, reference):
         assert side["peak_memory_bytes"] > side["baseline_memory_bytes"] > 0
