@@ -24,8 +24,9 @@ _PARTS = (
     ("layernorm", lambda op: "/ln_" in op),
     ("attention qkv projection", lambda op: "attn/c_attn" in op),
     ("attention output projection", lambda op: "attn/c_proj" in op),
-    ("attention scores", lambda op: "bqhk,bshk" in op),
-    ("attention probs x values", lambda op: "bhqs,bshk" in op),
+    # Training's head-major einsums (model.causal_attention), then decoding's.
+    ("attention scores", lambda op: "bhqk,bhsk->bhqs" in op or "bqhk,bshk" in op),
+    ("attention probs x values", lambda op: "bhqs,bhsk->bhqk" in op or "bhqs,bshk" in op),
     ("attention softmax and mask", lambda op: "/attn/" in op),
     ("mlp matmuls", lambda op: "mlp/c_fc" in op or "mlp/c_proj" in op),
     ("gelu", lambda op: "/mlp/" in op),

@@ -33,7 +33,8 @@ def test_benchmark_times_both_sides_at_the_same_shape(tmp_path):
     # Both models start near ln(vocab) on random tokens and take a few steps.
     assert abs(result["final_loss"] - reference["final_loss"]) < 0.5
     parts = {row["part"] for row in result["profile"]}
-    assert {"vocabulary projection", "mlp matmuls", "mlp matmuls [backward]"} <= parts
+    assert {"vocabulary projection", "mlp matmuls", "mlp matmuls [backward]", "attention scores",
+            "attention probs x values [backward]"} <= parts
     profile = json.loads((profile_dir / "profile.json").read_text())
     assert abs(sum(row["ms"] for row in profile["parts"]) + profile["unattributed_ms"]
                - profile["total_ms"]) < 0.01
@@ -44,8 +45,11 @@ def test_categorize_names_the_part_of_the_model_and_the_pass():
         "vocabulary projection"
     assert profiling.categorize("jit(step)/transpose(jvp(GPT1))/h_3/mlp/c_fc/dot_general") == \
         "mlp matmuls [backward]"
-    assert profiling.categorize("jit(step)/jvp(GPT1)/h_0/attn/bqhk,bshk->bhqs/dot_general") == \
+    assert profiling.categorize("jit(step)/jvp(GPT1)/h_0/attn/bhqk,bhsk->bhqs/dot_general") == \
         "attention scores"
+    assert profiling.categorize("jit(step)/transpose(jvp(GPT1))/h_2/attn/bhqs,bhsk->bhqk/dot_general") == \
+        "attention probs x values [backward]"
+    assert profiling.categorize("jit(step)/jvp(GPT1)/h_0/attn/reduce_max") == "attention softmax and mask"
     assert profiling.categorize("jit(step)/jvp(GPT1)/h_0/attn/Dropout_0/random_bits") == \
         "dropout random bits"
     assert profiling.categorize("jit(step)/jvp(GPT1)/h_1/ln_2/reduce_sum") == "layernorm"
