@@ -90,18 +90,18 @@ def _layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
     )
 
 
-def _softmax_visible(scores_BxHxTxS: jax.Array, visible_BxTxS: jax.Array) -> jax.Array:
-    """Softmax over keys in float32; a key that is not `visible` to a query gets no weight."""
-    scores_BxHxTxS = jnp.where(visible_BxTxS[:, None], scores_BxHxTxS.astype(jnp.float32),
-                               jnp.finfo(jnp.float32).min)
+def _softmax_visible(scores_BxHxTxS: jax.Array, visible_BxTxS: jax.Array, head_dim: int) -> jax.Array:
+    """Softmax over keys of the 1/sqrt(head_dim)-scaled scores, in float32 (cast before the
+    scaling, so bf16 scores are rounded once); a key that is not `visible` gets no weight."""
+    scores_BxHxTxS = scores_BxHxTxS.astype(jnp.float32) * (1.0 / math.sqrt(head_dim))
+    scores_BxHxTxS = jnp.where(visible_BxTxS[:, None], scores_BxHxTxS, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(scores_BxHxTxS, axis=-1)
 
 
 def attention_weights(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, visible_BxTxS: jax.Array) -> jax.Array:
     """Softmax of the 1/sqrt(K)-scaled scores of T queries over the S `visible` keys."""
-    scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
-    scores_BxHxTxS = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxSxHxK) * scale
-    return _softmax_visible(scores_BxHxTxS, visible_BxTxS)
+    scores_BxHxTxS = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxSxHxK)
+    return _softmax_visible(scores_BxHxTxS, visible_BxTxS, q_BxTxHxK.shape[-1])
 
 
 def causal_attention(q_BxHxTxK: jax.Array, k_BxHxTxK: jax.Array, v_BxHxTxK: jax.Array,
@@ -121,14 +121,13 @@ def causal_attention(q_BxHxTxK: jax.Array, k_BxHxTxK: jax.Array, v_BxHxTxK: jax.
     """
     t = q_BxHxTxK.shape[2]
     block = t if block <= 0 else block
-    scale = 1.0 / math.sqrt(q_BxHxTxK.shape[-1])
     outs = []
     for start in range(0, t, block):
         stop = min(start + block, t)
         visible_1xQxS = (jnp.arange(stop)[None, :] <= jnp.arange(start, stop)[:, None])[None]
         scores_BxHxQxS = jnp.einsum("bhqk,bhsk->bhqs", q_BxHxTxK[:, :, start:stop],
-                                    k_BxHxTxK[:, :, :stop]) * scale
-        probs_BxHxQxS = dropout(_softmax_visible(scores_BxHxQxS, visible_1xQxS))
+                                    k_BxHxTxK[:, :, :stop])
+        probs_BxHxQxS = dropout(_softmax_visible(scores_BxHxQxS, visible_1xQxS, q_BxHxTxK.shape[-1]))
         outs.append(jnp.einsum("bhqs,bhsk->bhqk", probs_BxHxQxS.astype(v_BxHxTxK.dtype),
                                v_BxHxTxK[:, :, :stop]))
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
