@@ -335,22 +335,23 @@ def benchmark() -> dict:
     sides = ["project"] + (["hf"] if _REFERENCE.value == "hf" else [])
     workers = {}
     try:
-        workers["project"] = _Worker("project", _BATCH.value)
-        for _ in range(_WARMUP.value):
-            workers["project"].step()
-        if "hf" in sides:
-            workers["hf"] = _Worker("hf", workers["project"].batch_size)
+        for side in sides:
+            batch = workers["project"].batch_size if workers else _BATCH.value
+            workers[side] = _Worker(side, batch)
             for _ in range(_WARMUP.value):
-                workers["hf"].step()
+                workers[side].step()
         times = {side: [] for side in sides}
+        turn_medians = {side: [] for side in sides}
         turns = -(-_STEPS.value // _TURN_STEPS.value)
         for turn in range(turns):
             for side in sides:
                 workers[side].step()  # the switch-over step, untimed
                 steps = min(_TURN_STEPS.value, _STEPS.value - len(times[side]))
-                times[side] += [workers[side].step() for _ in range(steps)]
-                print(f"[bench] {side} turn {turn + 1}/{turns}: "
-                      f"{statistics.median(times[side][-steps:]):.3f} s/step", file=sys.stderr)
+                turn_times = [workers[side].step() for _ in range(steps)]
+                times[side] += turn_times
+                turn_medians[side].append(statistics.median(turn_times))
+                print(f"[bench] {side} turn {turn + 1}/{turns}: {turn_medians[side][-1]:.3f} s/step",
+                      file=sys.stderr)
         reports = {side: workers[side].finish() for side in sides}
     finally:
         for worker in workers.values():
@@ -383,10 +384,7 @@ def benchmark() -> dict:
         result["reference"] = {"name": "transformers OpenAIGPTLMHeadModel + torch.optim.AdamW",
                                **reference}
         result["ratio"] = result["tokens_per_sec"] / reference["tokens_per_sec"]
-        per_turn = lambda t: [statistics.median(t[i:i + _TURN_STEPS.value])
-                              for i in range(0, len(t), _TURN_STEPS.value)]
-        result["ratio_per_turn"] = [r / p for p, r in zip(per_turn(times["project"]),
-                                                         per_turn(times["hf"]))]
+        result["ratio_per_turn"] = [r / p for p, r in zip(turn_medians["project"], turn_medians["hf"])]
         result["memory_ratio"] = result["peak_memory_bytes"] / reference["peak_memory_bytes"]
     return result
 

@@ -53,7 +53,7 @@ def threefry_bits(key: jax.Array, shape: tuple) -> jax.Array:
     # count whose high word is 0.
     strides = [math.prod(shape[axis + 1:]) for axis in range(len(shape))]
     index = sum(jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride)
-                for axis, stride in enumerate(strides)) if shape else jnp.zeros((), jnp.uint32)
+                for axis, stride in enumerate(strides))  # 0 for a scalar
     x0 = jnp.broadcast_to(keys[0], shape)
     x1 = index + keys[1]
     for i in range(5):
