@@ -192,6 +192,14 @@ def _storage_client():
     return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT") or "gpt1-jax")
 
 
+def _transient_errors() -> tuple[type[Exception], ...]:
+    """What a GCS request may raise when the network or the service is in trouble
+    (requests' errors are OSErrors)."""
+    from google.api_core import exceptions
+    from google.auth import exceptions as auth_exceptions
+    return exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError, OSError
+
+
 def _describe(record: dict) -> str:
     return (f"pid {record.get('pid', '?')} on {record.get('host', '?')}, "
             f"started {record.get('started', '?')}")
@@ -311,13 +319,13 @@ class _GcsLease:
                           "writing to %s", self.path, holder, self.workdir)
                 self._lost.set()
                 return
-            except Exception as e:  # network trouble: try again at the next tick
+            except _transient_errors() as e:  # network trouble: try again at the next tick
                 log.warning("could not renew the workdir lease %s (%s); retrying", self.path, e)
 
     def _read_quietly(self):
         try:
             return self._read()
-        except Exception:  # the renewal thread only reports; it must not die on a read
+        except _transient_errors():  # the renewal thread only reports; it must not die here
             return None
 
     def release(self) -> None:
@@ -334,7 +342,7 @@ class _GcsLease:
         except (exceptions.PreconditionFailed, exceptions.NotFound):
             log.warning("the workdir lease %s was no longer ours at release; left as it is",
                         self.path)
-        except Exception as e:
+        except _transient_errors() as e:
             log.warning("could not delete the workdir lease %s (%s); it expires in %.0f s",
                         self.path, e, self.ttl_secs)
 

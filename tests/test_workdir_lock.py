@@ -66,9 +66,9 @@ def test_without_flock_support_the_job_warns_and_runs_unlocked(tmp_path, monkeyp
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
     monkeypatch.setattr(fcntl, "flock", no_flock)
     workdir = tmp_path / "nfs3"
-    with caplog.at_level(logging.WARNING, logger="gpt1_jax.workdir"):
-        with workdir_lib.WorkdirLock(workdir):
-            assert f"pid {os.getpid()} " in (workdir / workdir_lib.LOCK_FILE).read_text()
+    with caplog.at_level(logging.WARNING, logger="gpt1_jax.workdir"), \
+            workdir_lib.WorkdirLock(workdir):
+        assert f"pid {os.getpid()} " in (workdir / workdir_lib.LOCK_FILE).read_text()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "does not support flock" in warnings[0], warnings
     assert "WITHOUT a workdir lock" in warnings[0]
