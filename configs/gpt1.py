@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
         attention_block=64,    # einsum: queries per block; keys after a block are never scored (0: one block)
         dtype="float32",       # compute dtype; "bfloat16" for mixed precision
         remat="none",          # "dots" (per block: keep matmul outputs) or "block" (keep block inputs only)
+        scan_layers=False,     # True: one nn.scan over the blocks (params stacked on "layers"); compiles in a fraction of the time
     ))
 
     config.data = ml_collections.ConfigDict(dict(
@@ -58,7 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
         eval_every_steps=1000,
         eval_batches=20,
         max_nonfinite_in_a_row=10,
-        grace_period_secs=30.0,      # after SIGTERM/SIGINT: commit a checkpoint, else exit 1 (0: no limit)
+        grace_period_secs=25.0,      # after SIGTERM/SIGINT: commit a checkpoint, else exit 1 (0: no limit);
+                                     # under GCE spot's 30 s notice, set with SLURM's --signal lead
         peak_flops_per_device=0.0,   # 0: look up the device kind (reporting.py)
         progress=True,
     ))
@@ -79,10 +81,11 @@ def get_config() -> ml_collections.ConfigDict:
     # several mesh axes, "" none.
     config.sharding_rules = ml_collections.ConfigDict(dict(
         batch="data+fsdp", vocab="tensor", embed="fsdp", heads="tensor", mlp="tensor",
-        kv="", norm=""))
+        kv="", norm="", layers=""))
 
     config.checkpoint = ml_collections.ConfigDict(dict(
         every_steps=1000,
+        every_secs=0.0,        # > 0: also checkpoint when this long has passed (checked at log steps)
         max_to_keep=3,
         async_save=True,
     ))
@@ -92,5 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
         coordinator_address="",    # explicit "host:port" for other clusters
         num_processes=0,
         process_id=-1,
+        local_device_ids="",       # "0,1,...": the devices this process drives (one task per node)
+        heartbeat_timeout_secs=100,  # a process silent this long is taken for dead; all exit
     ))
     return config

@@ -5,7 +5,9 @@ A training checkpoint `<workdir>/checkpoints/<step>/` holds three items:
   data   the input iterator's state (JSON), so a resumed job sees the same batches
   meta   the job's config and the model config (JSON)
 Orbax writes each step into a temporary directory (`<step>.orbax-checkpoint-tmp*`) and
-renames it when complete, so a crash never leaves a checkpoint that looks finished; the
+renames it when complete (on gs://, where renames are not atomic, it writes a commit
+marker inside the final folder instead). Only checkpoints finished by orbax's own test
+count, for resuming, `init_from`, evaluation and zero-shot alike (`finished_steps`); the
 temporary directories a crash leaves behind are deleted when the next job starts.
 
 A params-only export `<dir>/` holds `params/` (orbax) and `model.json` (the model
@@ -15,24 +17,24 @@ Restoring takes abstract targets (`jax.ShapeDtypeStruct` with shardings), so a
 checkpoint written on one mesh restores onto any other.
 """
 import contextlib
-import dataclasses
-import json
-import pathlib
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
-CHECKPOINT_DIR = "checkpoints"
-EXPORT_PARAMS_DIR = "params"
-EXPORT_MODEL_JSON = "model.json"
+from gpt1_jax import rundir
+from gpt1_jax.errors import UserError
+
+CHECKPOINT_DIR = rundir.CHECKPOINTS
+EXPORT_PARAMS_DIR = rundir.EXPORT_PARAMS
+EXPORT_MODEL_JSON = rundir.EXPORT_MODEL_JSON
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that does not fit the model or job that tries to restore it."""
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(UserError, RuntimeError):
     """Writing a checkpoint failed (a full disk, a failing file system)."""
 
 
@@ -65,7 +67,7 @@ class Checkpointer:
     """Saves and restores training checkpoints in `<workdir>/checkpoints`."""
 
     def __init__(self, workdir, max_to_keep: Optional[int] = 3, async_save: bool = True):
-        self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+        self.directory = rundir.path(workdir) / CHECKPOINT_DIR
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -121,9 +123,6 @@ class Checkpointer:
         ))
         return restored["state"], restored["data"], restored["meta"]
 
-    def restore_meta(self, step: int) -> dict:
-        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
     def wait(self) -> None:
         with self._reporting_write_errors():
             self._manager.wait_until_finished()
@@ -151,42 +150,55 @@ class Checkpointer:
             self._failed = True
             # From the disk: orbax's own list already drops the steps this save was to
             # replace (max_to_keep), but a failed save deletes nothing.
-            committed = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+            committed = finished_steps(self.directory)
             raise CheckpointWriteError(
                 f"writing checkpoint {self._writing} in {self.directory} failed: {e}. "
                 f"The committed checkpoints ({', '.join(map(str, committed)) or 'none'}) are "
                 f"untouched; a rerun resumes from the latest once the cause is fixed.") from e
 
 
+def finished_steps(checkpoints_dir) -> list[int]:
+    """The steps under `checkpoints_dir` that orbax considers finished, in order: a save cut
+    short (its temporary folder locally, a folder without its commit marker on gs://) is
+    never one of them."""
+    checkpoints_dir = rundir.path(checkpoints_dir)
+    if not checkpoints_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in checkpoints_dir.iterdir()
+                  if p.name.isdigit() and ocp.utils.is_checkpoint_finalized(p))
+
+
 def save_params(directory, params: Any, model_config: dict) -> None:
     """Writes a params-only export: `params/` and `model.json`."""
-    directory = pathlib.Path(directory).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = rundir.path(directory)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory / EXPORT_PARAMS_DIR, params, force=True)
     if jax.process_index() == 0:
-        # Through a rename: a job killed mid-write leaves no truncated model.json, whose
-        # presence alone makes `find_pretrained` take this directory for an export.
-        tmp = directory / f"{EXPORT_MODEL_JSON}.tmp"
-        tmp.write_text(json.dumps(model_config, indent=2, sort_keys=True))
-        tmp.replace(directory / EXPORT_MODEL_JSON)
+        # Whole or absent: the presence of model.json makes `loading.find` take this
+        # directory for an export, so it is written after params/ and never torn.
+        rundir.write_json(directory / EXPORT_MODEL_JSON, model_config)
 
 
 def read_model_config(directory) -> dict:
     """The model config recorded in a params-only export."""
-    path = pathlib.Path(directory) / EXPORT_MODEL_JSON
-    if not path.is_file():
+    path = rundir.path(directory) / EXPORT_MODEL_JSON
+    if not path.exists():
         raise CheckpointError(f"{path} is missing: {directory} is not a params export "
                               f"(expected {EXPORT_PARAMS_DIR}/ and {EXPORT_MODEL_JSON})")
+    return read_checkpoint_json(path, "the export's model config")
+
+
+def read_checkpoint_json(path, what: str) -> Any:
+    """JSON written beside a checkpoint; CheckpointError naming the file when it is not valid."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+        return rundir.read_json(path, what)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
 
 
 def load_params(directory, abstract_params: Any) -> Any:
     """Restores a params-only export into the shapes and shardings of `abstract_params`."""
-    path = pathlib.Path(directory).absolute() / EXPORT_PARAMS_DIR
+    path = rundir.path(directory) / EXPORT_PARAMS_DIR
     if not path.is_dir():
         raise CheckpointError(f"{path} is missing: {directory} is not a params export")
     with ocp.StandardCheckpointer() as checkpointer:
@@ -197,7 +209,7 @@ def load_params(directory, abstract_params: Any) -> Any:
 def load_params_from_state(step_dir, abstract_params: Any) -> Any:
     """Restores only the parameters of a training checkpoint `<workdir>/checkpoints/<step>`
     (the optimizer state is not read)."""
-    path = pathlib.Path(step_dir).absolute() / "state"
+    path = rundir.path(step_dir) / "state"
     if not path.is_dir():
         raise CheckpointError(f"{path} is missing: {step_dir} is not a training checkpoint")
     target = {"params": abstract_params}
@@ -208,48 +220,3 @@ def load_params_from_state(step_dir, abstract_params: Any) -> Any:
             target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True))
     return restored["params"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Pretrained:
-    """A model to start from: a params export or a training checkpoint.
-
-    `kind` is "export" or "state"; `model_config` is the recorded ModelConfig as a dict;
-    `tokenizer_dir` is where the tokenizer it was trained with is recorded.
-    """
-    kind: str
-    path: pathlib.Path
-    model_config: dict
-    tokenizer_dir: pathlib.Path
-
-    def load_params(self, abstract_params: Any) -> Any:
-        if self.kind == "export":
-            return load_params(self.path, abstract_params)
-        return load_params_from_state(self.path, abstract_params)
-
-
-def find_pretrained(path) -> Pretrained:
-    """Resolves `init_from`: a params export dir, a training checkpoint `<workdir>/checkpoints/<step>`,
-    or a workdir (its export when the run finished, else its latest checkpoint)."""
-    path = pathlib.Path(path).expanduser().absolute()
-    if (path / "export" / EXPORT_MODEL_JSON).is_file():
-        path = path / "export"
-    elif (path / CHECKPOINT_DIR).is_dir():
-        steps = sorted(int(p.name) for p in (path / CHECKPOINT_DIR).iterdir() if p.name.isdigit())
-        if not steps:
-            raise CheckpointError(f"{path / CHECKPOINT_DIR} holds no finished checkpoint")
-        path = path / CHECKPOINT_DIR / str(steps[-1])
-    if (path / EXPORT_MODEL_JSON).is_file():
-        return Pretrained("export", path, read_model_config(path), path / "tokenizer")
-    meta_file = path / "meta" / "metadata"
-    if (path / "state").is_dir() and meta_file.is_file():
-        try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{meta_file} is not valid JSON: {e}") from e
-        if "model" not in meta:
-            raise CheckpointError(f"{meta_file} records no model config")
-        return Pretrained("state", path, meta["model"], path.parent.parent / "tokenizer")
-    raise CheckpointError(f"{path} is neither a params export ({EXPORT_MODEL_JSON} + "
-                          f"{EXPORT_PARAMS_DIR}/), a training checkpoint (state/ + meta/) nor a "
-                          f"workdir with either")

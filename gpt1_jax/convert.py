@@ -1,8 +1,5 @@
-"""GPT-1 weights in and out: the original release, Hugging Face `openai-gpt`, our orbax exports.
-
-    python -m gpt1_jax.convert --from=openai --to=orbax path/to/model runs/gpt1_openai
-    python -m gpt1_jax.convert --from=hf --to=orbax path/to/openai-gpt runs/gpt1_hf
-    python -m gpt1_jax.convert --from=orbax --to=hf runs/gpt1_openai exported_hf
+"""GPT-1 weights in and out: the original release, Hugging Face `openai-gpt`, our orbax
+exports (the command line is gpt1_jax/cli/convert.py). Every path may be local or gs://.
 
 Sources:
   openai  the release of openai/finetune-transformer-lm: `params_shapes.json` and
@@ -29,21 +26,20 @@ vocabulary files (`encoder_bpe_40000.json`/`vocab_40000.bpe`, or HF's `vocab.jso
 """
 import dataclasses
 import json
-import pathlib
 import re
-import sys
 import tempfile
-from typing import Any, Optional
+from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
 
 from gpt1_jax import checkpoint as checkpoint_lib
+from gpt1_jax import loading
 from gpt1_jax import model as model_lib
+from gpt1_jax import rundir
 from gpt1_jax import tokenizers
+from gpt1_jax.errors import UserError
 
 OPENAI_SHAPES_FILE = "params_shapes.json"
 HF_CONFIG_FILE = "config.json"
@@ -51,7 +47,6 @@ HF_SAFETENSORS_FILE = "model.safetensors"
 HF_TORCH_FILE = "pytorch_model.bin"
 HF_VOCAB_FILE = "vocab.json"
 HF_MERGES_FILE = "merges.txt"
-TOKENIZER_DIR = "tokenizer"
 
 # The original's arrays per block, in its order; HF kept the names with dots.
 _BLOCK_TENSORS = ("attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
@@ -59,16 +54,11 @@ _BLOCK_TENSORS = ("attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight"
                   "mlp.c_proj.weight", "mlp.c_proj.bias", "ln_2.weight", "ln_2.bias")
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """An input that is missing, malformed, or does not fit the model it describes."""
 
 
-@dataclasses.dataclass
-class LoadedModel:
-    """A model's config, its parameters (the `GPT1` tree) and its tokenizer (None if unknown)."""
-    config: model_lib.ModelConfig
-    params: Any
-    tokenizer: Optional[tokenizers.Tokenizer]
+LoadedModel = loading.LoadedModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,15 +110,6 @@ def original_shapes(cfg: model_lib.ModelConfig) -> list[list[int]]:
             for t in _layout(cfg)]
 
 
-def abstract_params(cfg: model_lib.ModelConfig) -> Any:
-    """Shapes and dtypes of `cfg`'s parameters, placed on one local device."""
-    model = model_lib.GPT1(cfg)
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                                  nn.meta.unbox(boxed))
-
-
 def params_from_arrays(cfg: model_lib.ModelConfig, arrays: dict[str, np.ndarray], source: str) -> Any:
     """Our parameter tree from arrays keyed by HF name; `source` names the file in errors."""
     params: dict = {}
@@ -146,7 +127,7 @@ def params_from_arrays(cfg: model_lib.ModelConfig, arrays: dict[str, np.ndarray]
     extra = sorted(set(arrays) - {t.hf_name for t in _layout(cfg)})
     if extra:
         raise ConversionError(f"{source}: unexpected tensors {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-    expected = jax.tree_util.tree_map(lambda s: s.shape, abstract_params(cfg))
+    expected = jax.tree_util.tree_map(lambda s: s.shape, model_lib.abstract_params(cfg))
     if jax.tree_util.tree_map(lambda a: a.shape, params) != expected:
         raise AssertionError("the conversion layout does not match model.GPT1's parameters")
     return params
@@ -163,7 +144,7 @@ def arrays_from_params(cfg: model_lib.ModelConfig, params: Any) -> dict[str, np.
     return arrays
 
 
-def _read_json(path: pathlib.Path, what: str) -> Any:
+def _read_json(path, what: str) -> Any:
     if not path.is_file():
         raise ConversionError(f"{path} is missing: expected {what}")
     try:
@@ -172,7 +153,7 @@ def _read_json(path: pathlib.Path, what: str) -> Any:
         raise ConversionError(f"{path} is not valid JSON: {e}") from e
 
 
-def _tokenizer_in(src: pathlib.Path, encoder_name: str, merges_name: str) -> tokenizers.Tokenizer:
+def _tokenizer_in(src, encoder_name: str, merges_name: str) -> tokenizers.Tokenizer:
     """The GPT-1 BPE built from the vocabulary files in `src`, or the bundled one."""
     encoder, merges = src / encoder_name, src / merges_name
     if encoder.is_file() and merges.is_file():
@@ -200,7 +181,7 @@ def _vocab_split(rows: int, tokenizer: tokenizers.Tokenizer, source: str) -> tup
 
 def read_openai(src, n_head: int = 12) -> LoadedModel:
     """The original release in `src`: params_shapes.json + params_0.npy, params_1.npy, ..."""
-    src = pathlib.Path(src)
+    src = rundir.path(src)
     shapes_path = src / OPENAI_SHAPES_FILE
     shapes = _read_json(shapes_path, "the list of parameter shapes of the original release")
     if (not isinstance(shapes, list) or len(shapes) < 2
@@ -236,7 +217,8 @@ def read_openai(src, n_head: int = 12) -> LoadedModel:
     for number in numbers:
         path = src / f"params_{number}.npy"
         try:
-            pieces.append(np.load(path, allow_pickle=False).reshape(-1))
+            with path.open("rb") as f:
+                pieces.append(np.load(f, allow_pickle=False).reshape(-1))
         except (OSError, ValueError) as e:
             raise ConversionError(f"{path}: not a numpy array file: {e}") from e
     flat = np.concatenate(pieces)
@@ -254,7 +236,7 @@ def read_openai(src, n_head: int = 12) -> LoadedModel:
 # Hugging Face transformers
 # ---------------------------------------------------------------------------------------------
 
-def _hf_model_config(config_path: pathlib.Path, tokenizer: tokenizers.Tokenizer) -> model_lib.ModelConfig:
+def _hf_model_config(config_path, tokenizer: tokenizers.Tokenizer) -> model_lib.ModelConfig:
     hf = _read_json(config_path, "a transformers OpenAIGPT config")
     missing = [k for k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if k not in hf]
     if missing:
@@ -274,12 +256,12 @@ def _hf_model_config(config_path: pathlib.Path, tokenizer: tokenizers.Tokenizer)
         raise ConversionError(f"{config_path}: {e}") from e
 
 
-def _read_hf_tensors(src: pathlib.Path) -> tuple[dict[str, np.ndarray], pathlib.Path]:
+def _read_hf_tensors(src) -> tuple[dict[str, np.ndarray], Any]:
     safetensors_path, torch_path = src / HF_SAFETENSORS_FILE, src / HF_TORCH_FILE
     if safetensors_path.is_file():
         import safetensors.numpy
         try:
-            return safetensors.numpy.load_file(safetensors_path), safetensors_path
+            return safetensors.numpy.load(safetensors_path.read_bytes()), safetensors_path
         except Exception as e:  # safetensors raises its own error types
             raise ConversionError(f"{safetensors_path}: not a readable safetensors file: {e}") from e
     if torch_path.is_file():
@@ -289,7 +271,8 @@ def _read_hf_tensors(src: pathlib.Path) -> tuple[dict[str, np.ndarray], pathlib.
             raise ConversionError(f"{torch_path}: reading a PyTorch checkpoint needs torch "
                                   "(pip install torch), or give model.safetensors") from e
         try:
-            state = torch.load(torch_path, map_location="cpu", weights_only=True)
+            with torch_path.open("rb") as f:
+                state = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many error types for a bad file
             raise ConversionError(f"{torch_path}: not a readable PyTorch checkpoint: {e}") from e
         return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}, torch_path
@@ -298,7 +281,7 @@ def _read_hf_tensors(src: pathlib.Path) -> tuple[dict[str, np.ndarray], pathlib.
 
 def read_hf(src) -> LoadedModel:
     """A transformers OpenAIGPT model directory (config.json + weights)."""
-    src = pathlib.Path(src)
+    src = rundir.path(src)
     tokenizer = _tokenizer_in(src, HF_VOCAB_FILE, HF_MERGES_FILE)
     cfg = _hf_model_config(src / HF_CONFIG_FILE, tokenizer)
     raw, path = _read_hf_tensors(src)
@@ -324,8 +307,7 @@ def write_hf(dst, loaded: LoadedModel) -> None:
     if cfg.d_ff != 4 * cfg.d_model:
         raise ConversionError(f"transformers' OpenAIGPT has an FFN of 4 x width; this model has "
                               f"d_ff={cfg.d_ff}, d_model={cfg.d_model}")
-    dst = pathlib.Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
+    dst = rundir.path(dst)
     hf_config = {
         "architectures": ["OpenAIGPTLMHeadModel"],
         "model_type": "openai-gpt",
@@ -343,16 +325,17 @@ def write_hf(dst, loaded: LoadedModel) -> None:
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
     }
-    (dst / HF_CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
+    rundir.write_text(dst / HF_CONFIG_FILE, json.dumps(hf_config, indent=2) + "\n")
     # The "pt" format tag is what transformers checks before loading a safetensors file.
-    safetensors.numpy.save_file(arrays_from_params(cfg, loaded.params), dst / HF_SAFETENSORS_FILE,
-                                metadata={"format": "pt"})
+    rundir.write_bytes(dst / HF_SAFETENSORS_FILE, safetensors.numpy.save(
+        arrays_from_params(cfg, loaded.params), metadata={"format": "pt"}))
     if isinstance(loaded.tokenizer, tokenizers.GPT1BPETokenizer):
         with tempfile.TemporaryDirectory() as tmp:
             loaded.tokenizer.save(tmp)
-            (dst / HF_VOCAB_FILE).write_bytes((pathlib.Path(tmp) / loaded.tokenizer.ENCODER_FILE).read_bytes())
-            (dst / HF_MERGES_FILE).write_bytes((pathlib.Path(tmp) / loaded.tokenizer.MERGES_FILE).read_bytes())
-        (dst / "tokenizer_config.json").write_text(json.dumps(
+            tmp = rundir.path(tmp)
+            rundir.write_bytes(dst / HF_VOCAB_FILE, (tmp / loaded.tokenizer.ENCODER_FILE).read_bytes())
+            rundir.write_bytes(dst / HF_MERGES_FILE, (tmp / loaded.tokenizer.MERGES_FILE).read_bytes())
+        rundir.write_text(dst / "tokenizer_config.json", json.dumps(
             {"tokenizer_class": "OpenAIGPTTokenizer", "unk_token": "<unk>", "model_max_length": cfg.n_ctx},
             indent=2) + "\n")
 
@@ -362,25 +345,15 @@ def write_hf(dst, loaded: LoadedModel) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def read_orbax(path) -> LoadedModel:
-    """A params export, a workdir (its export, else its latest checkpoint) or a training
-    checkpoint, as `init_from` resolves it; the tokenizer is None if none is recorded."""
-    pretrained = checkpoint_lib.find_pretrained(path)
-    try:
-        cfg = model_lib.ModelConfig(**pretrained.model_config)
-    except (TypeError, ValueError) as e:
-        raise ConversionError(f"{pretrained.path}: unusable model config: {e}") from e
-    params = pretrained.load_params(abstract_params(cfg))
-    tokenizer = None
-    if (pretrained.tokenizer_dir / tokenizers.CONFIG_FILE).is_file():
-        tokenizer = tokenizers.load_tokenizer(pretrained.tokenizer_dir)
-    return LoadedModel(cfg, params, tokenizer)
+    """Anything `init_from` takes (loading.find): an export, a workdir or a checkpoint."""
+    return loading.load(path)
 
 
 def write_orbax(dst, loaded: LoadedModel) -> None:
     """Writes a params export: params/, model.json and tokenizer/."""
     checkpoint_lib.save_params(dst, loaded.params, dataclasses.asdict(loaded.config))
     if loaded.tokenizer is not None and jax.process_index() == 0:
-        loaded.tokenizer.save(pathlib.Path(dst) / TOKENIZER_DIR)
+        rundir.save_tokenizer(loaded.tokenizer, rundir.path(dst) / rundir.TOKENIZER)
 
 
 READERS = {"openai": read_openai, "hf": read_hf, "orbax": read_orbax}
@@ -393,7 +366,7 @@ def convert(source_format: str, target_format: str, src, dst, n_head: int = 12,
     if source_format not in READERS or target_format not in WRITERS:
         raise ValueError(f"cannot convert {source_format!r} -> {target_format!r}; "
                          f"from {sorted(READERS)} to {sorted(WRITERS)}")
-    dst = pathlib.Path(dst)
+    dst = rundir.path(dst)
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise ConversionError(f"{dst} exists and is not empty (pass --overwrite to write into it)")
     if source_format == "openai":
@@ -402,34 +375,3 @@ def convert(source_format: str, target_format: str, src, dst, n_head: int = 12,
         loaded = READERS[source_format](src)
     WRITERS[target_format](dst, loaded)
     return loaded
-
-
-def main(argv) -> None:
-    if len(argv) != 3:
-        raise app.UsageError("usage: python -m gpt1_jax.convert --from={openai,hf,orbax} "
-                             "--to={orbax,hf} SRC DST")
-    source_format, target_format = flags.FLAGS["from"].value, flags.FLAGS["to"].value
-    try:
-        loaded = convert(source_format, target_format, argv[1], argv[2], flags.FLAGS.n_head,
-                         flags.FLAGS.overwrite)
-    except (ConversionError, checkpoint_lib.CheckpointError) as e:
-        sys.exit(f"convert: {e}")  # a bad input, not a bug: the message is enough
-    cfg = loaded.config
-    print(f"{argv[1]} ({source_format}) -> {argv[2]} ({target_format}): "
-          f"{model_lib.count_params(loaded.params):,} parameters, {cfg.n_layer} layers, "
-          f"width {cfg.d_model}, {cfg.n_head} heads, context {cfg.n_ctx}, "
-          f"{cfg.vocab_size} + {cfg.n_special} token rows")
-
-
-def _define_flags() -> None:
-    # Defined only when run as a script: other modules import the readers above.
-    flags.DEFINE_enum("from", None, sorted(READERS), "Format of SRC.", required=True)
-    flags.DEFINE_enum("to", None, sorted(WRITERS), "Format to write DST in.", required=True)
-    flags.DEFINE_integer("n_head", 12, "Attention heads (--from=openai only: the release does not "
-                         "record them).")
-    flags.DEFINE_boolean("overwrite", False, "Write into a non-empty DST.")
-
-
-if __name__ == "__main__":
-    _define_flags()
-    app.run(main)

@@ -1,11 +1,12 @@
 """Evaluation of fine-tuned models: predictions, task metrics, GLUE submission files."""
 import csv
-import pathlib
+import io
 
 import jax
 import numpy as np
 
 from gpt1_jax import metrics
+from gpt1_jax import rundir
 from gpt1_jax.data import task_data as task_data_lib
 
 
@@ -53,19 +54,18 @@ _GLUE_FILES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B",
                "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE"}
 
 
-def write_predictions(workdir, spec, split: str, examples, predictions) -> pathlib.Path:
+def write_predictions(workdir, spec, split: str, examples, predictions):
     """Writes `<workdir>/predictions/<TASK>[-split].tsv` in the GLUE submission format:
     a header `index<TAB>prediction`, then one row per example, labels by name for the
     NLI tasks, class ids for the others, scores for STS-B."""
-    directory = pathlib.Path(workdir) / "predictions"
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = rundir.path(workdir) / rundir.PREDICTIONS
     stem = _GLUE_FILES.get(spec.name, spec.name.replace("/", "-"))
     if spec.name == "mnli":
         stem += "-m" if split.endswith("_matched") else "-mm"
     path = directory / f"{stem}.{split}.tsv"
     if jax.process_index() != 0:
         return path
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with io.StringIO(newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(["index", "prediction"])
         for example, prediction in zip(examples, predictions):
@@ -76,4 +76,5 @@ def write_predictions(workdir, spec, split: str, examples, predictions) -> pathl
             else:
                 value = int(prediction)
             writer.writerow([example.uid, value])
+        rundir.write_text(path, f.getvalue())
     return path

@@ -17,6 +17,7 @@ runs the same loop but recomputes the whole sequence at every step: the referenc
 the cached decoder must agree with, and the baseline of `bench_generate.py`.
 """
 import dataclasses
+import sys
 import functools
 from typing import Optional, Sequence
 
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt1_jax import model as model_lib
+from gpt1_jax.errors import ConfigError
 
 # Fills the token slots of `generate_tokens`'s output after each row's last new token.
 PAD_ID = -1
@@ -44,11 +46,11 @@ class Sampling:
 
     def check(self, vocab_rows: int) -> None:
         if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 is greedy)")
+            raise ConfigError(f"temperature={self.temperature} must be >= 0 (0 is greedy)")
         if not 0 <= self.top_k <= vocab_rows:
-            raise ValueError(f"top_k={self.top_k} must be in [0, {vocab_rows}] (0: no limit)")
+            raise ConfigError(f"top_k={self.top_k} must be in [0, {vocab_rows}] (0: no limit)")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+            raise ConfigError(f"top_p={self.top_p} must be in (0, 1]")
 
 
 GREEDY = Sampling(temperature=0.0)
@@ -179,17 +181,17 @@ def generate(config: model_lib.ModelConfig, params, prompts: Sequence[Sequence[i
     longest prompt plus `max_new_tokens` must fit in the context.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
+        raise ConfigError("every prompt needs at least one token")
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+        raise ConfigError(f"max_new_tokens={max_new_tokens} must be >= 1")
     longest = max(len(p) for p in prompts)
     if longest + max_new_tokens > config.n_ctx:
-        raise ValueError(f"the longest prompt ({longest} tokens) plus max_new_tokens={max_new_tokens} "
+        raise ConfigError(f"the longest prompt ({longest} tokens) plus max_new_tokens={max_new_tokens} "
                          f"exceeds the context of {config.n_ctx} tokens")
     sampling.check(config.embedding_rows)
     bad = [i for p in prompts for i in p if not 0 <= i < config.embedding_rows]
     if bad:
-        raise ValueError(f"token id {bad[0]} is outside the model's table of {config.embedding_rows}")
+        raise ConfigError(f"token id {bad[0]} is outside the model's table of {config.embedding_rows}")
     prompt_BxP, lengths_B = pad_prompts(prompts)
     new_BxN, num_new_B = generate_tokens(
         params, prompt_BxP, lengths_B, jax.random.key(0) if rng is None else rng,
@@ -197,3 +199,28 @@ def generate(config: model_lib.ModelConfig, params, prompts: Sequence[Sequence[i
         max_new_tokens=max_new_tokens, use_cache=use_cache)
     new_BxN, num_new_B = np.asarray(new_BxN), np.asarray(num_new_B)
     return [row[:n].tolist() for row, n in zip(new_BxN, num_new_B)]
+
+
+def sample_text(loaded, prompts: Sequence[str], max_new_tokens: int,
+           sampling: Sampling, seed: int = 0, num_samples: int = 1,
+           stop_token: int = -1) -> list[str]:
+    """`num_samples` continuations, by `loaded` (a loading.LoadedModel), of each prompt, as decoded text (prompt included), in
+    prompt-major order. A prompt too long for the context loses its first tokens."""
+    cfg, tokenizer = loaded.config, loaded.tokenizer
+    if tokenizer is None:
+        raise ConfigError("the model records no tokenizer: cannot read the prompt")
+    max_new_tokens = min(max_new_tokens, cfg.n_ctx - 1)
+    room = cfg.n_ctx - max_new_tokens
+    prompts_ids = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt)
+        if not ids:
+            raise ConfigError(f"prompt {prompt!r} has no tokens; GPT-1 needs at least one to start from")
+        if len(ids) > room:
+            print(f"prompt of {len(ids)} tokens cut to its last {room} to leave room for "
+                  f"{max_new_tokens} new ones in the context of {cfg.n_ctx}", file=sys.stderr)
+            ids = ids[-room:]
+        prompts_ids.extend([ids] * num_samples)
+    new_ids = generate(cfg, loaded.params, prompts_ids, max_new_tokens, sampling,
+                                    jax.random.key(seed), stop_token=None if stop_token < 0 else stop_token)
+    return [tokenizer.decode(list(prompt) + new) for prompt, new in zip(prompts_ids, new_ids)]

@@ -20,8 +20,10 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from gpt1_jax.dropout import Dropout
+from gpt1_jax.errors import ConfigError
 
 ATTENTION_IMPLEMENTATIONS = ("einsum", "dot_product")
 REMAT_POLICIES = ("none", "dots", "block")
@@ -50,14 +52,23 @@ class ModelConfig:
     # "dots" keeps only matmul outputs (recomputes attention probabilities, GELU, LayerNorm,
     # dropout); "block" keeps only each block's input and recomputes the whole block.
     remat: str = "none"
+    # One scanned block (nn.scan) instead of n_layer unrolled ones: the compiler sees the
+    # block once, so compiling takes a fraction of the time. Parameters are then stacked
+    # on a leading "layers" axis under "h" instead of "h_0" ... "h_{n-1}" (see
+    # `stack_layers` / `unstack_layers`; exports and conversions use the per-layer form).
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.d_model % self.n_head:
-            raise ValueError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
+            raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"model.attention={self.attention!r}; expected one of {ATTENTION_IMPLEMENTATIONS}")
+            raise ConfigError(f"model.attention={self.attention!r}; expected one of {ATTENTION_IMPLEMENTATIONS}")
         if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"model.remat={self.remat!r}; expected one of {REMAT_POLICIES}")
+            raise ConfigError(f"model.remat={self.remat!r}; expected one of {REMAT_POLICIES}")
+        if self.attention_backend == "cudnn" and jnp.dtype(self.dtype) == jnp.float32:
+            raise ConfigError(
+                "model.attention_backend='cudnn' needs model.dtype='bfloat16' or 'float16' "
+                "(cuDNN's fused attention has no float32 kernel)")
 
     @property
     def head_dim(self) -> int:
@@ -172,7 +183,7 @@ class CausalSelfAttention(nn.Module):
             out_BxTxHxK = out_BxHxTxK.transpose(0, 2, 1, 3)
         else:
             if not deterministic and cfg.attn_pdrop > 0:
-                raise ValueError(
+                raise ConfigError(
                     "model.attention='dot_product' cannot drop out attention probabilities; "
                     "set model.attn_pdrop=0 or use model.attention='einsum'")
             out_BxTxHxK = jax.nn.dot_product_attention(
@@ -235,6 +246,23 @@ class Block(nn.Module):
         return _layer_norm(self.config, "ln_2")(n_BxTxD + m_BxTxD)
 
 
+STACKED_BLOCKS = "h"  # the scanned block's name: params["h"] holds every layer, stacked
+
+
+def _scan_blocks(n_layer: int):
+    """`scanned(block, x_BxTxD, deterministic, decode, positions_BxT) -> x_BxTxD`: `block`
+    applied `n_layer` times, each time with its own slice of the stacked parameters (and
+    key/value cache), its own dropout keys; parameter boxes gain the "layers" axis first."""
+    def body(block, x_BxTxD, deterministic, decode, positions_BxT):
+        return block(x_BxTxD, deterministic, decode, positions_BxT), None
+
+    scanned = nn.scan(body, variable_axes={"params": 0, "cache": 0},
+                      split_rngs={"params": True, "dropout": True},
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=n_layer,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+    return lambda block, *args: scanned(block, *args)[0]
+
+
 class GPT1(nn.Module):
     """GPT-1: token + position embeddings, `n_layer` post-LN blocks, tied output head.
 
@@ -262,7 +290,11 @@ class GPT1(nn.Module):
         elif cfg.remat == "dots":
             block_cls = nn.remat(Block, static_argnums=(2, 3),
                                  policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-        self.blocks = [block_cls(cfg, name=f"h_{i}") for i in range(cfg.n_layer)]
+        if cfg.scan_layers:
+            # The remat policy applies inside the scan, per block, as unrolled.
+            self.stack = block_cls(cfg, name=STACKED_BLOCKS)
+        else:
+            self.blocks = [block_cls(cfg, name=f"h_{i}") for i in range(cfg.n_layer)]
 
     def __call__(self, tokens_BxT: jax.Array, *, deterministic: bool = True,
                  positions_BxT: Optional[jax.Array] = None, with_logits: bool = True,
@@ -270,7 +302,7 @@ class GPT1(nn.Module):
         cfg = self.config
         t = tokens_BxT.shape[1]
         if t > cfg.n_ctx:
-            raise ValueError(f"sequence length {t} exceeds model.n_ctx={cfg.n_ctx}")
+            raise ConfigError(f"sequence length {t} exceeds model.n_ctx={cfg.n_ctx}")
         if positions_BxT is None:
             positions_BxT = jnp.arange(t)[None, :]
         if decode:
@@ -280,8 +312,12 @@ class GPT1(nn.Module):
         # HF-style dropout of the summed embeddings; the released TF code instead drops
         # rows of the whole table (train.py:165), which also perturbs the tied head.
         x_BxTxD = self.embed_dropout(x_BxTxD, deterministic=deterministic).astype(jnp.dtype(cfg.dtype))
-        for block in self.blocks:
-            x_BxTxD = block(x_BxTxD, deterministic, decode, positions_BxT if decode else None)
+        if cfg.scan_layers:
+            x_BxTxD = _scan_blocks(cfg.n_layer)(self.stack, x_BxTxD, deterministic, decode,
+                                                positions_BxT if decode else None)
+        else:
+            for block in self.blocks:
+                x_BxTxD = block(x_BxTxD, deterministic, decode, positions_BxT if decode else None)
         if not with_logits:
             return None, x_BxTxD
         return self.logits(x_BxTxD), x_BxTxD
@@ -293,9 +329,66 @@ class GPT1(nn.Module):
                           preferred_element_type=jnp.float32)
 
 
+def init_params_fn(model: nn.Module, n_ctx: int):
+    """`init(rng) -> boxed params` (with logical axis names) for the trainer."""
+    def init(rng):
+        return model.init(rng, jnp.zeros((1, n_ctx), jnp.int32))["params"]
+    return init
+
+
+def abstract_params(config: ModelConfig, sharding=None):
+    """Shapes and dtypes of `config`'s parameters (unboxed), without allocating them; each
+    leaf carries `sharding` when given (e.g. one local device for a converter)."""
+    boxed = jax.eval_shape(GPT1(config).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                                  nn.meta.unbox(boxed["params"]))
+
+
+def lm_loss_fn(model: GPT1):
+    """`loss_fn(params, tokens_BxT1, rng, deterministic) -> (loss, {})`: the mean next-token
+    cross-entropy of windows `tokens_BxT1` (inputs [:, :-1], targets [:, 1:])."""
+    def loss_fn(params, tokens_BxT1, rng, deterministic):
+        inputs_BxT, targets_BxT = tokens_BxT1[:, :-1], tokens_BxT1[:, 1:]
+        rngs = None if deterministic else {"dropout": rng}
+        logits_BxTxV, _ = model.apply({"params": params}, inputs_BxT,
+                                      deterministic=deterministic, rngs=rngs)
+        losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+        return jnp.mean(losses_BxT), {}
+    return loss_fn
+
+
 def count_params(params) -> int:
     """Number of scalars in a parameter tree."""
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def stack_layers(params, n_layer: Optional[int] = None):
+    """Per-layer parameters ("h_0" ... "h_{n-1}") in the `scan_layers=True` layout: one
+    "h" subtree whose leaves gain a leading axis of n_layer. Other entries are kept."""
+    n_layer = n_layer if n_layer is not None else sum(1 for k in params if _layer_index(k) is not None)
+    layers = [params[f"h_{i}"] for i in range(n_layer)]
+    rest = {k: v for k, v in params.items() if _layer_index(k) is None}
+    return {**rest, STACKED_BLOCKS: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)}
+
+
+def unstack_layers(params):
+    """The inverse of `stack_layers`: "h" (leaves [n_layer, ...]) into "h_0" ... "h_{n-1}"."""
+    stacked = params[STACKED_BLOCKS]
+    n_layer = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+    rest = {k: v for k, v in params.items() if k != STACKED_BLOCKS}
+    return {**rest, **{f"h_{i}": jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+                       for i in range(n_layer)}}
+
+
+def per_layer_params(params):
+    """`params` in the per-layer layout whichever layout they are in (exports, conversion,
+    decoding with a per-layer config)."""
+    return unstack_layers(params) if STACKED_BLOCKS in params else params
+
+
+def _layer_index(key: str) -> Optional[int]:
+    prefix, _, index = key.partition("_")
+    return int(index) if prefix == "h" and index.isdigit() else None
 
 
 def init_cache(config: ModelConfig, batch_size: int, length: int):

@@ -12,6 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 import optax
+from gpt1_jax.errors import ConfigError
 
 SCHEDULES = ("warmup_cosine", "warmup_linear", "warmup_constant")
 
@@ -30,13 +31,13 @@ class OptimizerConfig:
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"optimizer.schedule={self.schedule!r}; expected one of {SCHEDULES}")
+            raise ConfigError(f"optimizer.schedule={self.schedule!r}; expected one of {SCHEDULES}")
         if self.total_steps <= 0:
-            raise ValueError(f"the number of training steps must be positive, got {self.total_steps}")
+            raise ConfigError(f"the number of training steps must be positive, got {self.total_steps}")
         # warmup_steps > total_steps is allowed (a short debugging run of a paper
         # config): the lr then only warms up.
         if self.warmup_steps < 0:
-            raise ValueError(f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
+            raise ConfigError(f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:

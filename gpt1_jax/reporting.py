@@ -11,11 +11,12 @@ score and value matmuls (causal masking is not subtracted). MFU divides the achi
 FLOP/s by the peak of all devices in use.
 """
 import json
-import pathlib
 from typing import Optional
 
 import jax
 import numpy as np
+
+from gpt1_jax import rundir
 
 # Peak dense FLOP/s per device, by `device_kind` substring. bf16 for accelerators;
 # the CPU figure is the fp32 matmul peak measured on the project's 2-core machine (the
@@ -54,33 +55,63 @@ def peak_flops_per_device(override: float = 0.0, device: Optional[jax.Device] = 
 
 
 class MetricsWriter:
-    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to
-    TensorBoard. Only process 0 writes; other processes get a no-op writer."""
+    """Writes one JSON object per logged step to `<workdir>/metrics.jsonl` and mirrors the
+    scalars to TensorBoard; only process 0 writes, the others get a no-op writer.
 
-    def __init__(self, workdir, enabled: bool = True):
-        self.enabled = enabled and jax.process_index() == 0
-        self._jsonl = None
+    Object stores cannot append, so the file is rewritten whole at every write (it holds
+    a few hundred bytes a log). A resumed run (`resume_step`) keeps the history up to its
+    checkpoint and drops what a killed predecessor logged after it: those steps are run
+    again. A fresh run (`resume_step=None`) starts a new history.
+    """
+
+    def __init__(self, workdir, resume_step: Optional[int] = None):
+        self.enabled = jax.process_index() == 0
+        self._lines: list[str] = []
         self._tb = None
-        if self.enabled:
-            workdir = pathlib.Path(workdir)
-            self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
-            from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+        if not self.enabled:
+            return
+        workdir = rundir.path(workdir)
+        self._path = workdir / rundir.METRICS
+        if resume_step is not None and self._path.exists():
+            self._lines = [line for line in self._path.read_text().splitlines(keepends=True)
+                           if _logged_step(line) is not None and _logged_step(line) <= resume_step]
+        self._tb_dir = workdir / rundir.TENSORBOARD
+        self._mirror = rundir.local_mirror(self._tb_dir)
+        local = self._mirror.__enter__()
+        from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
+        self._tb_local = local
+        self._tb = SummaryWriter(local)
+
+    def rows(self) -> list[dict]:
+        """Everything logged so far in this history, oldest first."""
+        return [json.loads(line) for line in self._lines]
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
         clean = {k: _to_python(v) for k, v in metrics.items()}
-        self._jsonl.write(json.dumps({"step": int(step), **clean}) + "\n")
-        self._jsonl.flush()
+        self._lines.append(json.dumps({"step": int(step), **clean}) + "\n")
+        rundir.write_text(self._path, "".join(self._lines))
         for key, value in clean.items():
             if isinstance(value, (int, float)):
                 self._tb.add_scalar(key, value, int(step))
+        self._tb.flush()
+        if rundir.is_remote(self._tb_dir):
+            rundir.sync(self._tb_local, self._tb_dir)
 
     def close(self) -> None:
-        if self.enabled:
-            self._jsonl.close()
+        if self.enabled and self._tb is not None:
             self._tb.close()
+            self._mirror.__exit__(None, None, None)
+            self._tb = None
+
+
+def _logged_step(line: str) -> Optional[int]:
+    """The step of one metrics.jsonl line; None for a torn or foreign line."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _to_python(value):

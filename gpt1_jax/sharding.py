@@ -6,13 +6,14 @@ over. A mesh axis that does not divide a dimension is dropped for that parameter
 (e.g. GPT-1's 40,478-row vocabulary over a tensor axis of 4), so any rule set is valid
 on any mesh: the layout degrades to replication, never to an error.
 """
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from gpt1_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -26,6 +27,7 @@ DEFAULT_RULES = (
     ("mlp", "tensor"),
     ("kv", None),
     ("norm", None),
+    ("layers", None),   # the stacked-blocks axis of model.scan_layers: every device holds all layers
 )
 
 
@@ -33,15 +35,15 @@ def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
     """Resolves the mesh axis sizes; one size of -1 takes the remaining devices."""
     unknown = [name for name in MESH_AXES if sizes.get(name, 1) == -1]
     if len(unknown) > 1:
-        raise ValueError(f"mesh: only one axis may be -1, got {unknown}")
+        raise ConfigError(f"mesh: only one axis may be -1, got {unknown}")
     known = int(np.prod([sizes.get(n, 1) for n in MESH_AXES if n not in unknown]))
     if unknown:
         if num_devices % known:
-            raise ValueError(f"mesh: {num_devices} devices are not divisible by the fixed axes {sizes}")
+            raise ConfigError(f"mesh: {num_devices} devices are not divisible by the fixed axes {sizes}")
         sizes = {**sizes, unknown[0]: num_devices // known}
     shape = tuple(int(sizes.get(n, 1)) for n in MESH_AXES)
     if int(np.prod(shape)) != num_devices:
-        raise ValueError(f"mesh: axes {dict(zip(MESH_AXES, shape))} need {int(np.prod(shape))} "
+        raise ConfigError(f"mesh: axes {dict(zip(MESH_AXES, shape))} need {int(np.prod(shape))} "
                          f"devices but {num_devices} are available")
     return shape
 
@@ -63,7 +65,7 @@ def _mesh_axes_for(logical_name, rules: dict) -> tuple[str, ...]:
     if logical_name is None:
         return ()
     if logical_name not in rules:
-        raise ValueError(f"sharding: logical axis {logical_name!r} has no rule in "
+        raise ConfigError(f"sharding: logical axis {logical_name!r} has no rule in "
                          f"logical_axis_rules {sorted(rules)}")
     target = rules[logical_name]
     if target is None:
@@ -124,6 +126,21 @@ def batch_sharding(mesh: Mesh, rules: Sequence[tuple], ndim: int = 2) -> NamedSh
     return NamedSharding(mesh, PartitionSpec(first, *([None] * (ndim - 1))))
 
 
-def global_batch(local_rows: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Assembles each process's rows of a batch into one global, sharded array."""
-    return jax.make_array_from_process_local_data(sharding, local_rows)
+def assemble_batch(read_rows: Callable[[slice], np.ndarray], sharding: NamedSharding,
+                   global_shape: tuple[int, ...]) -> jax.Array:
+    """The global batch as one sharded array, each process reading only the rows its own
+    devices hold: `read_rows(rows)` returns the batch's rows `rows` (a slice), whole.
+
+    Which rows a process needs follows from where the sharding puts them, so any mesh
+    layout across hosts (a `tensor` or `fsdp` axis spanning processes included) gets
+    consistent data; a row block replicated on several local devices is read once.
+    """
+    cache: dict[tuple, np.ndarray] = {}
+
+    def shard(index: tuple) -> np.ndarray:
+        rows = index[0] if index else slice(None)
+        key = (rows.start, rows.stop, rows.step)
+        if key not in cache:
+            cache[key] = read_rows(rows)
+        return cache[key][(slice(None),) + tuple(index[1:])]
+    return jax.make_array_from_callback(global_shape, sharding, shard)

@@ -18,17 +18,18 @@ import json
 import math
 import multiprocessing
 import os
-import pathlib
 import re
 import warnings
 from typing import Sequence
 
 import ftfy
+from etils import epath
 import sentencepiece
 import spacy
 import tqdm
 
 from gpt1_jax import assets
+from gpt1_jax.errors import DataError
 
 SPECIAL_TOKENS = ("_start_", "_delimiter_", "_classify_")
 
@@ -66,7 +67,7 @@ class Tokenizer(abc.ABC):
                 run.append(i)
                 continue
             if i not in names:
-                raise ValueError(f"id {i} is outside [0, {self.vocab_size + len(SPECIAL_TOKENS)})")
+                raise DataError(f"id {i} is outside [0, {self.vocab_size + len(SPECIAL_TOKENS)})")
             if run:
                 parts.append(self._decode_base(run))
                 run = []
@@ -91,7 +92,7 @@ class Tokenizer(abc.ABC):
     def save(self, directory: PathLike) -> None:
         """Write the files `load_tokenizer(directory)` needs to rebuild this tokenizer."""
 
-    def _write_config(self, directory: pathlib.Path, **files: str) -> None:
+    def _write_config(self, directory: epath.Path, **files: str) -> None:
         config = {
             "kind": self.kind,
             "vocab_size": self.vocab_size,
@@ -113,7 +114,7 @@ def _sha256(*parts: bytes) -> str:
 
 
 def _read_bytes(path: PathLike, what: str) -> bytes:
-    path = pathlib.Path(path)
+    path = epath.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     return path.read_bytes()
@@ -371,7 +372,7 @@ class GPT1BPETokenizer(Tokenizer):
 
     def save(self, directory: PathLike) -> None:
         """Write the two vocabulary files, byte for byte, and tokenizer.json."""
-        directory = pathlib.Path(directory)
+        directory = epath.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / self.ENCODER_FILE).write_bytes(self._encoder_json)
         (directory / self.MERGES_FILE).write_bytes(self._merges_bpe)
@@ -382,14 +383,14 @@ def _parse_encoder(data: bytes, name: str) -> dict[str, int]:
     try:
         encoder = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{name}: not a JSON file: {e}") from e
+        raise DataError(f"{name}: not a JSON file: {e}") from e
     if not isinstance(encoder, dict) or not encoder:
-        raise ValueError(f"{name}: expected a non-empty JSON object of piece -> id")
+        raise DataError(f"{name}: expected a non-empty JSON object of piece -> id")
     ids = list(encoder.values())
     if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
-        raise ValueError(f"{name}: every id must be a non-negative integer")
+        raise DataError(f"{name}: every id must be a non-negative integer")
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{name}: two pieces share an id")
+        raise DataError(f"{name}: two pieces share an id")
     return encoder
 
 
@@ -397,16 +398,16 @@ def _parse_merges(data: bytes, name: str) -> list[tuple[str, str]]:
     try:
         lines = data.decode("utf-8").split("\n")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{name}: not UTF-8 text: {e}") from e
+        raise DataError(f"{name}: not UTF-8 text: {e}") from e
     # The original kept lines[1:-1]: it skips the "#version" header and the empty
     # string after the final newline. Insist on both so that no merge is lost.
     if not lines[0].startswith("#version") or lines[-1] != "":
-        raise ValueError(f"{name}: expected a '#version' first line and a final newline")
+        raise DataError(f"{name}: expected a '#version' first line and a final newline")
     merges = []
     for number, line in enumerate(lines[1:-1], start=2):
         pair = tuple(line.split())
         if len(pair) != 2:
-            raise ValueError(f"{name}, line {number}: expected two symbols, got {line!r}")
+            raise DataError(f"{name}, line {number}: expected two symbols, got {line!r}")
         merges.append(pair)
     return merges
 
@@ -442,8 +443,8 @@ def _batches_of_chars(pieces: list[tuple[str, bool]], max_chars: int) -> list[li
 def gpt1_bpe_tokenizer(encoder_json: PathLike | None = None,
                        merges_bpe: PathLike | None = None) -> GPT1BPETokenizer:
     """The GPT-1 BPE tokenizer; by default with the vocabulary bundled in gpt1_jax/assets."""
-    encoder_path = pathlib.Path(encoder_json or assets.GPT1_ENCODER_JSON)
-    merges_path = pathlib.Path(merges_bpe or assets.GPT1_MERGES_BPE)
+    encoder_path = epath.Path(encoder_json or assets.GPT1_ENCODER_JSON)
+    merges_path = epath.Path(merges_bpe or assets.GPT1_MERGES_BPE)
     return GPT1BPETokenizer(
         _read_bytes(encoder_path, "GPT-1 encoder JSON"), _read_bytes(merges_path, "GPT-1 BPE merges"),
         encoder_name=str(encoder_path), merges_name=str(merges_path))
@@ -469,7 +470,7 @@ class SentencePieceTokenizer(Tokenizer):
         try:
             self._processor.LoadFromSerializedProto(model_proto)
         except (RuntimeError, OSError) as e:
-            raise ValueError(f"{name}: not a SentencePiece model: {e}") from e
+            raise DataError(f"{name}: not a SentencePiece model: {e}") from e
         self.vocab_size = self._processor.get_piece_size()
 
     def encode(self, text: str) -> list[int]:
@@ -494,7 +495,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     def save(self, directory: PathLike) -> None:
         """Write the model file and tokenizer.json."""
-        directory = pathlib.Path(directory)
+        directory = epath.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / self.MODEL_FILE).write_bytes(self._model_proto)
         self._write_config(directory, model_file=self.MODEL_FILE)
@@ -515,7 +516,7 @@ def train_sentencepiece(text_files: Sequence[PathLike], vocab_size: int, model_p
     counts every piece, <unk> (id 0) included; no <s>/</s> pieces are made,
     since fine-tuning brings its own `SPECIAL_TOKENS`.
     """
-    paths = [pathlib.Path(p) for p in text_files]
+    paths = [epath.Path(p) for p in text_files]
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"training text not found: {path}")
@@ -527,7 +528,7 @@ def train_sentencepiece(text_files: Sequence[PathLike], vocab_size: int, model_p
                     if line.strip():
                         yield line.rstrip("\n")
 
-    model_prefix = pathlib.Path(model_prefix)
+    model_prefix = epath.Path(model_prefix)
     model_prefix.parent.mkdir(parents=True, exist_ok=True)
     sentencepiece.set_random_generator_seed(0)
     sentencepiece.SentencePieceTrainer.train(
@@ -544,7 +545,7 @@ def train_sentencepiece(text_files: Sequence[PathLike], vocab_size: int, model_p
 
 def load_tokenizer(directory: PathLike) -> Tokenizer:
     """Rebuild the tokenizer that `Tokenizer.save(directory)` wrote."""
-    directory = pathlib.Path(directory)
+    directory = epath.Path(directory)
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"tokenizer config not found: {config_path}")
@@ -558,12 +559,12 @@ def load_tokenizer(directory: PathLike) -> Tokenizer:
             files = [directory / config["model_file"]]
             build = sentencepiece_tokenizer
         else:
-            raise ValueError(f"unknown tokenizer kind {kind!r}")
+            raise DataError(f"unknown tokenizer kind {kind!r}")
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{config_path}: malformed tokenizer config: {e!r}") from e
+        raise DataError(f"{config_path}: malformed tokenizer config: {e!r}") from e
     tokenizer = build(*files)
     if config.get("vocab_size") != tokenizer.vocab_size:
-        raise ValueError(f"{config_path}: vocab_size {config.get('vocab_size')} but the files hold "
+        raise DataError(f"{config_path}: vocab_size {config.get('vocab_size')} but the files hold "
                          f"{tokenizer.vocab_size}")
     if config.get("fingerprint") != tokenizer.fingerprint():
         warnings.warn(f"{config_path}: the fingerprint differs from the saved one; the files or the "

@@ -21,7 +21,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gpt1_jax import distributed
 from gpt1_jax import sharding as sharding_lib
+from gpt1_jax.errors import UserError
 
 LossFn = Callable[[Any, Any, Optional[jax.Array], bool], tuple[jax.Array, dict]]
 
@@ -157,27 +159,39 @@ def make_eval_step(loss_fn: LossFn, param_shardings: Any, batch_sharding: Any):
 
 
 class StopRequested:
-    """Turns SIGTERM/SIGINT into a flag the loop checks between steps, so a preempted
-    or interrupted job commits a checkpoint before it exits.
+    """Turns SIGTERM/SIGINT into a stop that every process takes at the same step, after
+    committing a checkpoint of it.
 
-    The first signal also starts a watchdog: a job still running `grace_period_secs`
-    later (a long step, a slow file system) is ended by `on_expiry` (default: a message
-    and exit status 1) before the scheduler's SIGKILL can come unannounced. A checkpoint
-    it was writing stays uncommitted, so the next run resumes from the last committed
-    one. Later signals are reported and otherwise ignored: a second Ctrl-C must not
-    abandon the checkpoint being written. `grace_period_secs <= 0` waits without limit.
+    One process: a flag set by the signal handler, checked between steps. Several
+    processes (jax.distributed): JAX's preemption notifier owns SIGTERM and the processes
+    agree on a sync step (`distributed.reached_stop_point`); a SIGINT is passed on to it as
+    a SIGTERM. A signal that comes before the loop (tokenizing, compiling, restoring) is
+    kept and honoured at the loop's first step, so the job's entry installs this first.
+
+    Once stopping, a watchdog runs: a job still running `grace_period_secs` later (a long
+    step, a slow file system) is ended by `on_expiry` (default: a message and exit status
+    1) before the scheduler's SIGKILL can come unannounced; a checkpoint it was writing
+    stays uncommitted, so the next run resumes from the last committed one. Later signals
+    are reported and otherwise ignored: a second Ctrl-C must not abandon the checkpoint
+    being written. `grace_period_secs <= 0` waits without limit.
     """
 
-    def __init__(self, grace_period_secs: float = 30.0,
+    def __init__(self, grace_period_secs: float = 25.0,
                  on_expiry: Optional[Callable[[str, float], None]] = None):
         self.grace_period_secs = grace_period_secs
         self.on_expiry = on_expiry or _exit_grace_expired
         self.signal_name: Optional[str] = None
+        self.stopped = False
         self._previous = {}
         self._watchdog: Optional[threading.Timer] = None
+        self._multiprocess = False
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        self._multiprocess = jax.process_count() > 1
+        # With several processes JAX's own SIGTERM handler must stay: it is what makes
+        # the processes agree on the step to stop at.
+        signals = (signal.SIGINT,) if self._multiprocess else (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: signals stay with the caller
@@ -191,11 +205,29 @@ class StopRequested:
                     f"committing the checkpoint first\n")
             return
         self.signal_name = name
-        if self.grace_period_secs > 0:
+        if self._multiprocess:
+            os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption notifier
+        else:
+            self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        if self.grace_period_secs > 0 and self._watchdog is None:
             self._watchdog = threading.Timer(self.grace_period_secs, self.on_expiry,
-                                             args=(name, self.grace_period_secs))
+                                             args=(self.signal_name, self.grace_period_secs))
             self._watchdog.daemon = True
             self._watchdog.start()
+
+    def at_step(self, step: int) -> bool:
+        """Whether to checkpoint `step` and stop; call it once per step, on every process."""
+        if not self.stopped:
+            if self._multiprocess:
+                self.stopped = distributed.reached_stop_point(step)
+                if self.stopped:
+                    self.signal_name = self.signal_name or "SIGTERM"
+                    self._start_watchdog()
+            else:
+                self.stopped = self.signal_name is not None
+        return self.stopped
 
     def __exit__(self, *exc):
         if self._watchdog is not None:
@@ -204,7 +236,7 @@ class StopRequested:
             signal.signal(sig, handler)
 
     def __bool__(self):
-        return self.signal_name is not None
+        return self.signal_name is not None or self.stopped
 
 
 def _stderr(message: str) -> None:
@@ -227,6 +259,7 @@ class LoopConfig:
     log_every_steps: int = 50
     eval_every_steps: int = 0       # 0: only at the end
     checkpoint_every_steps: int = 1000
+    checkpoint_every_secs: float = 0.0  # > 0: also checkpoint when this long has passed since the last
     max_nonfinite_in_a_row: int = 10
     grace_period_secs: float = 30.0  # after SIGTERM/SIGINT, to commit a checkpoint (StopRequested)
     tokens_per_step: int = 0
@@ -235,18 +268,30 @@ class LoopConfig:
     progress: bool = True
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, RuntimeError):
     """Raised when too many consecutive steps had a NaN/Inf loss or gradient."""
 
 
 def train_loop(state: TrainState, train_step, batches: Iterator, to_global: Callable,
                cfg: LoopConfig, writer, checkpointer, save_meta: dict,
-               evaluate: Optional[Callable[[Any], dict]] = None) -> tuple[TrainState, dict]:
+               evaluate: Optional[Callable[[Any], dict]] = None,
+               stop_requested: Optional["StopRequested"] = None,
+               on_eval: Optional[Callable[[int, dict], None]] = None) -> tuple[TrainState, dict]:
     """Runs steps from `state.step` to the stop step, logging, evaluating and checkpointing.
 
     `batches` must expose grain's `get_state()`; `to_global` turns a host batch into a
-    sharded global array. Returns the final state and the last train/eval metrics.
+    sharded global array. `stop_requested` is the job's StopRequested (so a signal that
+    came before the loop is not lost); without one the loop installs its own. `on_eval`
+    is called with (step, metrics) after each evaluation. Returns the final state and the
+    last train/eval metrics.
+
+    Every process takes the same decisions at the same step: to stop (a signal to any one
+    of them), to checkpoint by time (process 0's clock), to give up on non-finite steps.
     """
+    if stop_requested is None:
+        with StopRequested(cfg.grace_period_secs) as stop_requested:
+            return train_loop(state, train_step, batches, to_global, cfg, writer, checkpointer,
+                              save_meta, evaluate, stop_requested, on_eval)
     from tqdm import tqdm
     start = int(state.step)
     stop = min(cfg.stop_at_step or cfg.num_steps, cfg.num_steps)
@@ -256,69 +301,75 @@ def train_loop(state: TrainState, train_step, batches: Iterator, to_global: Call
     bar = tqdm(total=stop, initial=start, disable=not (cfg.progress and is_main),
                dynamic_ncols=True, desc="train")
 
+    last_save = time.monotonic()
+
     def save(step):
+        nonlocal last_save
         if checkpointer is not None:
             checkpointer.save(step, state, batches.get_state(), save_meta)
+            last_save = time.monotonic()
 
-    with StopRequested(cfg.grace_period_secs) as stop_requested:
-        window_start, window_steps = time.perf_counter(), 0
-        step = start
-        while step < stop:
-            batch = to_global(next(batches))
-            state, metrics = train_step(state, batch)
-            step += 1
-            window_steps += 1
-            do_eval = evaluate is not None and (step == stop or (
-                cfg.eval_every_steps > 0 and step % cfg.eval_every_steps == 0))
-            if step == start + 1 or step % cfg.log_every_steps == 0 or step == stop or do_eval:
-                metrics = jax.device_get(metrics)
-                elapsed = time.perf_counter() - window_start
-                rate = window_steps / max(elapsed, 1e-9)
-                window_start, window_steps = time.perf_counter(), 0
-                last = {k: float(v) for k, v in metrics.items()}
-                last["perplexity"] = float(np.exp(min(last["loss"], 50.0)))
-                last["nonfinite_total"] = nonfinite_total + int(metrics["nonfinite"])
-                if step > start + 1:  # the first window includes compilation
-                    last["tokens_per_sec"] = rate * cfg.tokens_per_step
-                    last["steps_per_sec"] = rate
-                    if cfg.peak_flops > 0:
-                        last["mfu"] = rate * cfg.flops_per_step / cfg.peak_flops
-                if do_eval:
-                    last.update({f"val_{k}": v for k, v in evaluate(state.params).items()})
-                    window_start = time.perf_counter()  # evaluation time is not training time
-                writer.write(step, last)
-                bar.set_postfix(loss=f"{last['loss']:.3f}",
-                                tok_s=f"{last.get('tokens_per_sec', 0):.0f}", refresh=False)
-            else:
-                # Between logs only the non-finite flag (a scalar) comes back to the
-                # host. Reading it waits for the step to finish: the price of stopping
-                # after exactly `max_nonfinite_in_a_row` bad steps.
-                metrics = {"nonfinite": metrics["nonfinite"]}
-            if int(metrics["nonfinite"]):
-                nonfinite_run += 1
-                nonfinite_total += 1
-                if nonfinite_run >= cfg.max_nonfinite_in_a_row:
-                    bar.close()
-                    raise NonFiniteError(
-                        f"{nonfinite_run} consecutive steps (up to step {step}) had a non-finite "
-                        f"loss or gradient (train.max_nonfinite_in_a_row="
-                        f"{cfg.max_nonfinite_in_a_row}); their updates were skipped and the job "
-                        f"stopped. {_last_committed(checkpointer)}")
-            else:
-                nonfinite_run = 0
-            bar.update(1)
-            if step % cfg.checkpoint_every_steps == 0 or step == stop:
-                save(step)
-            if stop_requested:
-                if step % cfg.checkpoint_every_steps and step != stop:
-                    save(step)
-                break
-        bar.close()
-        if checkpointer is not None:
-            checkpointer.wait()
-        if stop_requested:  # said only once the checkpoint is committed
-            print(f"{stop_requested.signal_name}: checkpointed step {step}, exiting",
-                  file=sys.stderr, flush=True)
+    window_start, window_steps = time.perf_counter(), 0
+    step = start
+    while step < stop:
+        batch = to_global(next(batches))
+        state, metrics = train_step(state, batch)
+        step += 1
+        window_steps += 1
+        do_eval = evaluate is not None and (step == stop or (
+            cfg.eval_every_steps > 0 and step % cfg.eval_every_steps == 0))
+        if step == start + 1 or step % cfg.log_every_steps == 0 or step == stop or do_eval:
+            metrics = jax.device_get(metrics)
+            elapsed = time.perf_counter() - window_start
+            rate = window_steps / max(elapsed, 1e-9)
+            window_start, window_steps = time.perf_counter(), 0
+            last = {k: float(v) for k, v in metrics.items()}
+            last["perplexity"] = float(np.exp(min(last["loss"], 50.0)))
+            last["nonfinite_total"] = nonfinite_total + int(metrics["nonfinite"])
+            if step > start + 1:  # the first window includes compilation
+                last["tokens_per_sec"] = rate * cfg.tokens_per_step
+                last["steps_per_sec"] = rate
+                if cfg.peak_flops > 0:
+                    last["mfu"] = rate * cfg.flops_per_step / cfg.peak_flops
+            if do_eval:
+                last.update({f"val_{k}": v for k, v in evaluate(state.params).items()})
+                window_start = time.perf_counter()  # evaluation time is not training time
+            writer.write(step, last)
+            if do_eval and on_eval is not None:
+                on_eval(step, last)
+            bar.set_postfix(loss=f"{last['loss']:.3f}",
+                            tok_s=f"{last.get('tokens_per_sec', 0):.0f}", refresh=False)
+        else:
+            # Between logs only the non-finite flag (a scalar) comes back to the
+            # host. Reading it waits for the step to finish: the price of stopping
+            # after exactly `max_nonfinite_in_a_row` bad steps.
+            metrics = {"nonfinite": metrics["nonfinite"]}
+        if int(metrics["nonfinite"]):
+            nonfinite_run += 1
+            nonfinite_total += 1
+            if nonfinite_run >= cfg.max_nonfinite_in_a_row:
+                bar.close()
+                raise NonFiniteError(
+                    f"{nonfinite_run} consecutive steps (up to step {step}) had a non-finite "
+                    f"loss or gradient (train.max_nonfinite_in_a_row="
+                    f"{cfg.max_nonfinite_in_a_row}); their updates were skipped and the job "
+                    f"stopped. {_last_committed(checkpointer)}")
+        else:
+            nonfinite_run = 0
+        bar.update(1)
+        time_due = (cfg.checkpoint_every_secs > 0 and step % cfg.log_every_steps == 0
+                    and distributed.agree_on_main(time.monotonic() - last_save >= cfg.checkpoint_every_secs))
+        stopping = stop_requested.at_step(step)
+        if step % cfg.checkpoint_every_steps == 0 or step == stop or time_due or stopping:
+            save(step)
+        if stopping:
+            break
+    bar.close()
+    if checkpointer is not None:
+        checkpointer.wait()
+    if stop_requested.stopped:  # said only once the checkpoint is committed
+        print(f"{stop_requested.signal_name}: checkpointed step {step}, exiting",
+              file=sys.stderr, flush=True)
     return state, last
 
 
@@ -331,3 +382,83 @@ def _last_committed(checkpointer) -> str:
     if latest is None:
         return "No checkpoint had been committed yet."
     return f"The last good checkpoint, step {latest}, is intact; a rerun resumes from it."
+
+
+# ---------------------------------------------------------------------------------------------
+# One run setup: mesh -> shardings -> checkpointer -> restore or create -> the jitted steps
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+    """The plain settings a run is set up from (settings.run_setup reads them from a config)."""
+    mesh: dict                       # axis sizes, e.g. {"data": -1, "fsdp": 1, "tensor": 1}
+    rules: tuple                     # logical-axis rules
+    batch_size: int                  # global
+    microbatches: int = 1
+    seed: int = 0
+    max_to_keep: Optional[int] = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass
+class Run:
+    """A run, set up: where its state lives, the state itself and its jitted steps."""
+    mesh: Mesh
+    rules: tuple
+    abstract: TrainState             # shapes and dtypes
+    shardings: TrainState
+    state: TrainState
+    checkpointer: Any                # checkpoint.Checkpointer, or None without a workdir
+    resumed_from: Optional[int]      # the restored step, or None for a fresh start
+    data_state: Optional[dict]       # the input iterator's state to continue from
+    batch_sharding: Any              # a NamedSharding, or a dict of them for dict batches
+    train_step: Callable
+    eval_step: Callable
+
+
+def setup_run(settings: RunSetup, init_params: Callable, loss_fn: LossFn,
+              tx: optax.GradientTransformation, schedule: Callable, *, workdir=None,
+              batch_ndims: Any = 2, initial_params: Optional[Callable[[Mesh, TrainState], Any]] = None,
+              devices=None, log: Callable[[str], None] = print) -> Run:
+    """Sets a run up the one way every job (and the benchmark) does.
+
+    Checks that the global batch splits over the data-parallel devices and microbatches,
+    builds the state's shardings from the parameters' logical axes, and restores the
+    workdir's latest finished checkpoint into them (saying so), or creates the state in
+    place: from `initial_params(mesh, shardings)` when given (e.g. pre-trained weights),
+    else freshly initialised. `batch_ndims` is the batch's rank, or a dict of ranks for a
+    dict batch. Without a workdir there is no checkpointer.
+    """
+    from gpt1_jax import checkpoint as checkpoint_lib
+    from gpt1_jax.errors import ConfigError
+    mesh = sharding_lib.make_mesh(settings.mesh, devices)
+    data_parallel = sharding_lib.data_parallel_size(mesh, settings.rules)
+    if settings.microbatches < 1:
+        raise ConfigError(f"train.microbatches={settings.microbatches} must be at least 1")
+    if settings.batch_size % (data_parallel * settings.microbatches):
+        raise ConfigError(
+            f"train.batch_size={settings.batch_size} must be divisible by the data-parallel "
+            f"devices ({data_parallel}) times train.microbatches ({settings.microbatches})")
+    rng = jax.random.key(settings.seed)
+    abstract, shardings = state_shardings(init_params, tx, rng, mesh, settings.rules)
+    checkpointer = None if workdir is None else checkpoint_lib.Checkpointer(
+        workdir, settings.max_to_keep, settings.async_save)
+    latest = None if checkpointer is None else checkpointer.latest_step()
+    data_state = None
+    if latest is not None:
+        state, data_state, _ = checkpointer.restore(latest, with_shardings(abstract, shardings))
+        if jax.process_index() == 0:
+            log(f"Resuming from {checkpointer.directory / str(latest)}")
+    else:
+        params = None if initial_params is None else initial_params(mesh, shardings)
+        state = create_train_state(init_params, tx, rng, shardings, params=params)
+    if isinstance(batch_ndims, dict):
+        batch_sharding = {k: sharding_lib.batch_sharding(mesh, settings.rules, n)
+                          for k, n in batch_ndims.items()}
+    else:
+        batch_sharding = sharding_lib.batch_sharding(mesh, settings.rules, batch_ndims)
+    train_step = make_train_step(loss_fn, tx, schedule, shardings, batch_sharding,
+                                 settings.microbatches)
+    eval_step = make_eval_step(loss_fn, shardings.params, batch_sharding)
+    return Run(mesh, settings.rules, abstract, shardings, state, checkpointer, latest,
+               data_state, batch_sharding, train_step, eval_step)

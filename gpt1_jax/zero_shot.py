@@ -11,26 +11,24 @@ The language model alone, with no fine-tuning, scores each task through likeliho
   DPRD         substitute each candidate for the pronoun; the candidate whose continuation
                (the words after the pronoun) has the higher mean log-probability wins
 
-    python -m gpt1_jax.zero_shot --workdir=runs/demo --glue_dir=... --story_cloze_dir=... \
-        [--race_dir=... --dprd_file=...]
-
-writes `<workdir>/zero_shot.json` and `<workdir>/zero_shot.png` with one point per checkpoint.
+The command line (gpt1_jax/cli/zero_shot.py) writes `<workdir>/zero_shot.json` and
+`<workdir>/zero_shot.png` with one point per finished checkpoint.
 """
 import dataclasses
-import json
-import pathlib
 from typing import Callable, Optional, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gpt1_jax import checkpoint as checkpoint_lib
+from gpt1_jax import loading
 from gpt1_jax import metrics
 from gpt1_jax import model as model_lib
+from gpt1_jax import rundir
 from gpt1_jax import tokenizers
 from gpt1_jax.data import tasks as tasks_lib
+from gpt1_jax.errors import ConfigError
 
 # The chance level of each task's metric, drawn as the baseline in the figure.
 RANDOM_BASELINE = {"cola": 0.0, "sst2": 0.5, "story_cloze": 0.5, "race": 0.25, "dprd": 0.5}
@@ -128,17 +126,17 @@ class WinogradExample:
 def read_dprd(path) -> list[WinogradExample]:
     """Rahman & Ng (2012) format: blocks of 4 lines (sentence, pronoun, "cand1,cand2",
     answer) separated by blank lines. The pronoun's first occurrence is substituted."""
-    path = pathlib.Path(path)
+    path = rundir.path(path)
     blocks = [b.strip().splitlines() for b in path.read_text(encoding="utf-8").split("\n\n") if b.strip()]
     examples, line = [], 1
     for block in blocks:
         if len(block) != 4:
-            raise ValueError(f"{path}:{line}: a DPRD block has 4 lines, found {len(block)}")
+            raise ConfigError(f"{path}:{line}: a DPRD block has 4 lines, found {len(block)}")
         sentence, pronoun, candidates, answer = (x.strip() for x in block)
         words = tuple(sentence.split())
         candidates_pair = tuple(c.strip() for c in candidates.split(","))
         if pronoun not in words or len(candidates_pair) != 2 or answer not in candidates_pair:
-            raise ValueError(f"{path}:{line}: pronoun, candidates or answer do not fit the sentence")
+            raise ConfigError(f"{path}:{line}: pronoun, candidates or answer do not fit the sentence")
         examples.append(WinogradExample(words, words.index(pronoun), candidates_pair,
                                         candidates_pair.index(answer)))
         line += len(block) + 1
@@ -216,28 +214,19 @@ def evaluate_checkpoint(scorer: LMScorer, tokenizer, data: ZeroShotData) -> dict
     return results
 
 
-def _abstract_params(mcfg: model_lib.ModelConfig):
-    boxed = jax.eval_shape(
-        lambda r: model_lib.GPT1(mcfg).init(r, jnp.zeros((1, 8), jnp.int32))["params"], jax.random.key(0))
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.meta.unbox(boxed))
-
-
 def evaluate_run(workdir, data: ZeroShotData, batch_size: int = 32,
                  progress: Optional[Callable[[str], None]] = print) -> dict:
     """Zero-shot metrics at every checkpoint of a pretraining workdir: {"steps": [...],
     "tasks": {task: [metric per step]}, "random": {...}}."""
-    workdir = pathlib.Path(workdir)
-    steps = sorted(int(p.name) for p in (workdir / checkpoint_lib.CHECKPOINT_DIR).iterdir()
-                   if p.name.isdigit())
+    workdir = rundir.path(workdir)
+    steps = checkpoint_lib.finished_steps(workdir / rundir.CHECKPOINTS)
     if not steps:
-        raise ValueError(f"{workdir / checkpoint_lib.CHECKPOINT_DIR} holds no checkpoints")
-    tokenizer = tokenizers.load_tokenizer(workdir / "tokenizer")
+        raise ConfigError(f"{workdir / rundir.CHECKPOINTS} holds no finished checkpoint")
+    tokenizer = tokenizers.load_tokenizer(workdir / rundir.TOKENIZER)
     curves: dict[str, list[float]] = {}
     for step in steps:
-        source = checkpoint_lib.find_pretrained(workdir / checkpoint_lib.CHECKPOINT_DIR / str(step))
-        mcfg = model_lib.ModelConfig(**source.model_config)
-        params = source.load_params(_abstract_params(mcfg))
-        results = evaluate_checkpoint(LMScorer(mcfg, params, batch_size), tokenizer, data)
+        loaded = loading.load(workdir / rundir.CHECKPOINTS / str(step))
+        results = evaluate_checkpoint(LMScorer(loaded.config, loaded.params, batch_size), tokenizer, data)
         for task, value in results.items():
             curves.setdefault(task, []).append(value)
         if progress:
@@ -245,7 +234,7 @@ def evaluate_run(workdir, data: ZeroShotData, batch_size: int = 32,
     return {"steps": steps, "tasks": curves, "random": {t: RANDOM_BASELINE[t] for t in curves}}
 
 
-def plot(results: dict, path) -> None:
+def plot(results: dict) -> bytes:
     """Figure 2 (right): each task's zero-shot metric over pretraining updates."""
     import matplotlib
     matplotlib.use("Agg")
@@ -261,29 +250,6 @@ def plot(results: dict, path) -> None:
     ax.set_title("Zero-shot behaviour over pre-training")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = rundir.render_png(fig)
     plt.close(fig)
-
-
-def main(argv=None) -> None:
-    import argparse
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="a pretraining workdir with checkpoints")
-    parser.add_argument("--glue_dir", help="GLUE data (CoLA, SST-2)")
-    parser.add_argument("--story_cloze_dir")
-    parser.add_argument("--race_dir")
-    parser.add_argument("--dprd_file")
-    parser.add_argument("--max_examples", type=int, default=0, help="per task, seeded subset")
-    parser.add_argument("--batch_size", type=int, default=32)
-    args = parser.parse_args(argv)
-    data = load_zero_shot_data(args.glue_dir, args.story_cloze_dir, args.race_dir, args.dprd_file,
-                               args.max_examples)
-    results = evaluate_run(args.workdir, data, args.batch_size)
-    workdir = pathlib.Path(args.workdir)
-    (workdir / "zero_shot.json").write_text(json.dumps(results, indent=2))
-    plot(results, workdir / "zero_shot.png")
-    print(json.dumps(results))
-
-
-if __name__ == "__main__":
-    main()
+    return png

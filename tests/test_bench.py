@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from gpt1_jax import profiling
+from gpt1_jax.tools import profiling
 from conftest import REPO
 
 

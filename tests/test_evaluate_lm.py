@@ -5,7 +5,6 @@ import json
 import pathlib
 import subprocess
 import sys
-import types
 
 import flax.linen as nn
 import jax
@@ -15,9 +14,10 @@ import optax
 import pytest
 
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import evaluate_lm
+from gpt1_jax import lm_eval
 from gpt1_jax import model as model_lib
 from gpt1_jax import tokenizers
+from gpt1_jax.data import corpus
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CFG = model_lib.ModelConfig(vocab_size=40478, n_ctx=16, n_layer=2, n_head=2, d_model=32, d_ff=64)
@@ -34,7 +34,7 @@ def params():
 def test_windows_score_every_target_once_with_context_from_the_stride(length, n_ctx, stride):
     tokens = np.arange(100, 100 + length)
     scored = []
-    for inputs, targets, mask in evaluate_lm.windows(tokens, n_ctx, stride):
+    for inputs, targets, mask in lm_eval.windows(tokens, n_ctx, stride):
         assert len(inputs) == len(targets) <= n_ctx
         np.testing.assert_array_equal(targets[:-1], inputs[1:])
         for position in np.flatnonzero(mask):
@@ -49,7 +49,7 @@ def test_windows_score_every_target_once_with_context_from_the_stride(length, n_
 def test_stride_one_scores_each_token_with_its_full_context(params):
     model = model_lib.GPT1(CFG)
     document = jax.random.randint(jax.random.key(1), (40,), 0, CFG.vocab_size).tolist()
-    result = evaluate_lm.score(CFG, params, [document], batch_size=3, stride=1)
+    result = lm_eval.score(CFG, params, [document], batch_size=3, stride=1)
 
     @jax.jit
     def nll_of_last(inputs_1xT, length, target):
@@ -70,8 +70,8 @@ def test_stride_one_scores_each_token_with_its_full_context(params):
 def test_documents_are_scored_independently(params):
     a = jax.random.randint(jax.random.key(2), (30,), 0, CFG.vocab_size).tolist()
     b = jax.random.randint(jax.random.key(3), (21,), 0, CFG.vocab_size).tolist()
-    both = evaluate_lm.score(CFG, params, [a, b, [5]])
-    one, two = evaluate_lm.score(CFG, params, [a]), evaluate_lm.score(CFG, params, [b])
+    both = lm_eval.score(CFG, params, [a, b, [5]])
+    one, two = lm_eval.score(CFG, params, [a]), lm_eval.score(CFG, params, [b])
     assert both["tokens"] == one["tokens"] + two["tokens"] == 29 + 20
     mean = (one["nll"] * one["tokens"] + two["nll"] * two["tokens"]) / both["tokens"]
     assert both["nll"] == pytest.approx(mean, rel=1e-6)
@@ -89,7 +89,7 @@ def test_command_prints_the_result_as_its_last_line(params, tmp_path):
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    expected = evaluate_lm.score(CFG, params, [tokenizer.encode(text.replace("\r\n", "\n"))])
+    expected = lm_eval.score(CFG, params, [tokenizer.encode(text.replace("\r\n", "\n"))])
     assert result["tokens"] == expected["tokens"]
     assert result["nll"] == pytest.approx(expected["nll"], rel=1e-6)
     assert result["perplexity"] == pytest.approx(np.exp(result["nll"]))
@@ -114,9 +114,8 @@ def test_tfds_records_are_the_documents(params, tmp_path):
 
     data_dir = str(tmp_path / "tfds")
     EvalLmTinyCorpus(data_dir=data_dir, file_format="array_record").download_and_prepare()
-    args = types.SimpleNamespace(text="", tfds="eval_lm_tiny_corpus", tfds_split="test",
-                                 tfds_data_dir=data_dir, tfds_text_key="body", max_documents=2)
-    texts, source = evaluate_lm._read_documents(args)
+    texts, source = corpus.read_documents("", "--text", "eval_lm_tiny_corpus", "test", data_dir,
+                                          "body", max_documents=2)
     assert len(texts) == 2  # --max_documents
     assert set(texts) < {"The first record.", "A second one, longer.", "A third."}
     assert "eval_lm_tiny_corpus" in source

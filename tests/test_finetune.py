@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt1_jax import finetune
+from gpt1_jax.jobs import finetune
 from gpt1_jax import heads
 from gpt1_jax import model as model_lib
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from gpt1_jax import settings
 from gpt1_jax import config_files
 from gpt1_jax import model as model_lib
 from gpt1_jax import optim
-from gpt1_jax import pretrain
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax import trainer
 
@@ -57,13 +57,13 @@ def _path(key_path) -> str:
 ])
 def test_state_shards_over_data_fsdp_tensor_as_the_rules_say(name, n_layer, d_model, n_head, approx_params):
     config = _config(name)
-    mcfg = pretrain.model_config(config, config.model.vocab_size)
+    mcfg = settings.model_config(config, config.model.vocab_size)
     assert (mcfg.n_layer, mcfg.d_model, mcfg.n_head, mcfg.d_ff) == (n_layer, d_model, n_head, 4 * d_model)
     model = model_lib.GPT1(mcfg)
-    tx = optim.make_optimizer(pretrain.optimizer_config(config, total_steps=1000))
+    tx = optim.make_optimizer(settings.optimizer_config(config, total_steps=1000))
     mesh = sharding_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices()[:8])
-    abstract, shardings = trainer.state_shardings(pretrain.init_params_fn(model, mcfg.n_ctx), tx,
-                                                  jax.random.key(0), mesh, pretrain.sharding_rules(config))
+    abstract, shardings = trainer.state_shardings(model_lib.init_params_fn(model, mcfg.n_ctx), tx,
+                                                  jax.random.key(0), mesh, settings.sharding_rules(config))
 
     num_params = model_lib.count_params(abstract.params)
     assert abs(num_params / approx_params - 1) < 0.01, num_params

@@ -18,9 +18,8 @@ import jax
 import numpy as np
 import pytest
 
-from gpt1_jax import checkpoint as checkpoint_lib
+from gpt1_jax import loading
 from gpt1_jax import model as model_lib
-from gpt1_jax import pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = [
@@ -93,7 +92,7 @@ def _losses(workdir) -> dict[int, float]:
 def _abstract_params(model_config: dict):
     """Single-device restore targets for the recorded model."""
     cfg = model_lib.ModelConfig(**model_config)
-    boxed = jax.eval_shape(pretrain.init_params_fn(model_lib.GPT1(cfg), cfg.n_ctx), jax.random.key(0))
+    boxed = jax.eval_shape(model_lib.init_params_fn(model_lib.GPT1(cfg), cfg.n_ctx), jax.random.key(0))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                                   nn.meta.unbox(boxed))
@@ -101,7 +100,7 @@ def _abstract_params(model_config: dict):
 
 def _params(path) -> list[np.ndarray]:
     """The parameters of a training checkpoint or a params export, as numpy leaves."""
-    found = checkpoint_lib.find_pretrained(path)
+    found = loading.find(path)
     params = found.load_params(_abstract_params(found.model_config))
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
 

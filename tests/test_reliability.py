@@ -397,7 +397,7 @@ def test_a_disk_that_fills_during_a_save_is_reported_and_loses_nothing(corpus, e
 def test_bad_data_files_are_named_and_change_no_checkpoint(trained, tmp_path, content, message):
     # In this process (main.py turns the ValueError into one `error:` line, as the job
     # tests above show); the workdir holds checkpoints that must stay as they are.
-    from gpt1_jax import pretrain
+    from gpt1_jax.jobs import pretrain
     workdir = copy_of(trained, tmp_path)
     text_file = tmp_path / "data.txt"
     text_file.write_bytes(content)
@@ -412,22 +412,23 @@ def test_bad_data_files_are_named_and_change_no_checkpoint(trained, tmp_path, co
 
 
 def test_a_workdir_that_cannot_be_written_is_refused_before_anything_else(tmp_path):
-    from gpt1_jax import pretrain
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")  # root can write anywhere, but not under a file
-    with pytest.raises(workdir_lib.WorkdirError, match=f"workdir {blocker / 'run'} is not writable"):
-        pretrain.run(None, blocker / "run")  # the config is never read
+    result = run_main("--config=configs/demo.py", f"--workdir={blocker / 'run'}", expect_ok=False)
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: workdir {blocker / 'run'} is not writable")
 
 
 def test_a_checkpoint_whose_vocabulary_does_not_fit_is_refused(tmp_path):
-    from gpt1_jax import finetune, pretrain, tokenizers
     from gpt1_jax import model as model_lib
+    from gpt1_jax import rundir, tokenizers
+    from gpt1_jax.jobs import finetune
     # A 1,000-word model exported beside the 40,478-word GPT-1 tokenizer.
     mcfg = model_lib.ModelConfig(vocab_size=1000, n_ctx=16, n_layer=1, n_head=2, d_model=16, d_ff=32)
     params = nn.meta.unbox(model_lib.GPT1(mcfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     export = tmp_path / "export"
     checkpoint_lib.save_params(export, params, dataclasses.asdict(mcfg))
-    pretrain.save_tokenizer(tokenizers.gpt1_bpe_tokenizer(), export / "tokenizer")
+    rundir.save_tokenizer(tokenizers.gpt1_bpe_tokenizer(), export / "tokenizer")
     config = load_config("finetune.py", "sst2")
     config.init_from = str(export)
     with pytest.raises(checkpoint_lib.CheckpointError,
@@ -469,7 +470,7 @@ def test_a_second_job_on_a_live_jobs_workdir_is_refused_naming_it(corpus, env, t
 
 @pytest.mark.parametrize("job", ["run", "run_eval"])
 def test_fine_tuning_and_eval_jobs_take_the_lock_too(tmp_path, job):
-    from gpt1_jax import finetune
+    from gpt1_jax.jobs import finetune
     with workdir_lib.WorkdirLock(tmp_path):  # another open file: refused even in this process
         with pytest.raises(workdir_lib.WorkdirLockedError, match=f"pid {os.getpid()} on"):
             getattr(finetune, job)(None, tmp_path)

@@ -13,7 +13,6 @@ from gpt1_jax import checkpoint as checkpoint_lib
 from gpt1_jax import convert
 from gpt1_jax import generate as generate_lib
 from gpt1_jax import model as model_lib
-from gpt1_jax import sample as sample_lib
 from gpt1_jax import tokenizers
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -34,7 +33,7 @@ def workdir(tmp_path_factory):
 def test_greedy_sample_is_the_prompt_and_the_generated_tokens(workdir):
     loaded = convert.read_orbax(workdir)
     prompts = ["It was a dark and stormy night.", "Emma"]
-    texts = sample_lib.sample(loaded, prompts, 8, generate_lib.GREEDY, num_samples=2)
+    texts = generate_lib.sample_text(loaded, prompts, 8, generate_lib.GREEDY, num_samples=2)
     assert len(texts) == 4 and texts[0] == texts[1]  # greedy: both samples agree
     ids = loaded.tokenizer.encode(prompts[1])
     new = generate_lib.generate(loaded.config, loaded.params, [ids], 8)[0]
@@ -44,7 +43,7 @@ def test_greedy_sample_is_the_prompt_and_the_generated_tokens(workdir):
 
 def test_a_long_prompt_keeps_its_end(workdir, capsys):
     loaded = convert.read_orbax(workdir)
-    text = sample_lib.sample(loaded, ["one two three " * 10 + "END"], 4, generate_lib.GREEDY)[0]
+    text = generate_lib.sample_text(loaded, ["one two three " * 10 + "END"], 4, generate_lib.GREEDY)[0]
     assert text.split()[:20] == (["one", "two", "three"] * 10 + ["end"])[-20:]
     assert "cut to its last 20" in capsys.readouterr().err
 

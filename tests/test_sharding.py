@@ -6,7 +6,6 @@ from jax.sharding import PartitionSpec as P
 
 from gpt1_jax import model as model_lib
 from gpt1_jax import optim
-from gpt1_jax import pretrain
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax import trainer
 
@@ -42,17 +41,17 @@ def _train(devices, mesh_sizes, steps=3):
     model = model_lib.GPT1(CFG)
     ocfg = optim.OptimizerConfig(learning_rate=1e-3, warmup_steps=1, total_steps=10)
     tx = optim.make_optimizer(ocfg)
-    init = pretrain.init_params_fn(model, CFG.n_ctx)
+    init = model_lib.init_params_fn(model, CFG.n_ctx)
     rng = jax.random.key(0)
     _, shardings = trainer.state_shardings(init, tx, rng, mesh, rules)
     state = trainer.create_train_state(init, tx, rng, shardings)
     batch_shard = sharding_lib.batch_sharding(mesh, rules)
-    step = trainer.make_train_step(pretrain.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg),
+    step = trainer.make_train_step(model_lib.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg),
                                    shardings, batch_shard)
     data = np.random.RandomState(0).randint(0, CFG.vocab_size, (steps, 8, CFG.n_ctx + 1)).astype(np.int32)
     losses = []
     for s in range(steps):
-        state, metrics = step(state, sharding_lib.global_batch(data[s], batch_shard))
+        state, metrics = step(state, jax.device_put(data[s], batch_shard))
         losses.append(float(metrics["loss"]))
     return losses, jax.device_get(state.params), state
 

@@ -8,7 +8,6 @@ import pytest
 
 from gpt1_jax import model as model_lib
 from gpt1_jax import optim
-from gpt1_jax import pretrain
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax import trainer
 
@@ -22,10 +21,10 @@ def _step_fn(cfg, microbatches=1):
     model = model_lib.GPT1(cfg)
     ocfg = optim.OptimizerConfig(learning_rate=1e-3, warmup_steps=0, total_steps=10)
     tx = optim.make_optimizer(ocfg)
-    init = pretrain.init_params_fn(model, cfg.n_ctx)
+    init = model_lib.init_params_fn(model, cfg.n_ctx)
     _, shardings = trainer.state_shardings(init, tx, jax.random.key(0), mesh, rules)
     state = trainer.create_train_state(init, tx, jax.random.key(0), shardings)
-    step = trainer.make_train_step(pretrain.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg),
+    step = trainer.make_train_step(model_lib.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg),
                                    shardings, sharding_lib.batch_sharding(mesh, rules), microbatches)
     return state, step
 
@@ -75,9 +74,9 @@ def test_remat_lowers_the_memory_of_the_train_step():
 
     def temp_bytes(remat):
         model = model_lib.GPT1(dataclasses.replace(cfg, remat=remat))
-        init = pretrain.init_params_fn(model, cfg.n_ctx)
+        init = model_lib.init_params_fn(model, cfg.n_ctx)
         abstract, shardings = trainer.state_shardings(init, tx, jax.random.key(0), mesh, rules)
-        step = trainer.make_train_step(pretrain.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg),
+        step = trainer.make_train_step(model_lib.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg),
                                        shardings, batch.sharding)
         compiled = step.lower(trainer.with_shardings(abstract, shardings), batch).compile()
         return compiled.memory_analysis().temp_size_in_bytes

@@ -14,7 +14,6 @@ reads inputs `tokens_BxT1[:, :-1]` and predicts targets `tokens_BxT1[:, 1:]`.
 """
 import dataclasses
 import functools
-import glob
 import hashlib
 import json
 import logging
@@ -29,6 +28,8 @@ from typing import Any, Protocol
 
 import grain
 import numpy as np
+from gpt1_jax import rundir
+from gpt1_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,13 @@ def normalize_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _sha256_of_file(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
+def _sha256_and_size(path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
         for block in iter(functools.partial(f.read, 1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+            size += len(block)
+    return digest.hexdigest(), size
 
 
 def unwrap_lines(text: str) -> str:
@@ -104,20 +106,20 @@ class TextFilesCorpus:
 
     def __init__(self, paths: Iterable[str | os.PathLike], unwrap: bool = False):
         self.unwrap = unwrap
-        self.paths = [pathlib.Path(p).resolve() for p in paths]
+        self.paths = [rundir.path(p) for p in paths]  # local or gs://
         if not self.paths:
-            raise ValueError("TextFilesCorpus: no files given (empty corpus)")
+            raise DataError("TextFilesCorpus: no files given (empty corpus)")
         for path in self.paths:
             if not path.is_file():
-                raise ValueError(f"TextFilesCorpus: {path} is not a file")
+                raise DataError(f"TextFilesCorpus: {path} is not a file")
 
     def identity(self) -> dict[str, Any]:
         # The content hash (not the mtime) decides: touching a file keeps its cache, editing it
         # rebuilds. Hashing the 9 MB default corpus takes a few tens of milliseconds.
-        files = [
-            {"path": str(p), "size": p.stat().st_size, "sha256": _sha256_of_file(p)}
-            for p in self.paths
-        ]
+        files = []
+        for p in self.paths:
+            sha256, size = _sha256_and_size(p)
+            files.append({"path": str(p), "size": size, "sha256": sha256})
         identity = {"kind": "text_files", "files": files}
         if self.unwrap:
             identity["unwrap_lines"] = True
@@ -137,31 +139,35 @@ class TextFilesCorpus:
             yield unwrap_lines(text) if self.unwrap else text
 
 
-def expand_patterns(patterns: str, what: str) -> list[str]:
-    """Comma-separated paths or globs -> the matching files, sorted per pattern.
-
-    FileNotFoundError names `what` (the flag or config key) and the pattern that matched nothing.
-    """
-    paths = []
-    for pattern in patterns.split(","):
-        matches = sorted(glob.glob(os.path.expanduser(pattern.strip())))
-        if not matches:
-            raise FileNotFoundError(f"{what}: no file matches {pattern.strip()!r}")
-        paths.extend(matches)
-    return paths
-
-
 def read_text_file(path: str | os.PathLike) -> str:
     """Reads one UTF-8 document with '\\n' line endings; ValueError naming the file if unusable."""
-    raw = pathlib.Path(path).read_bytes()
+    raw = rundir.path(path).read_bytes()
     try:
         # utf-8-sig drops a leading byte-order mark, which is an encoding artefact, not text.
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not valid UTF-8 ({err})") from err
+        raise DataError(f"{path}: not valid UTF-8 ({err})") from err
     if not text.strip():
-        raise ValueError(f"{path}: file is empty (no text to tokenize)")
+        raise DataError(f"{path}: file is empty (no text to tokenize)")
     return normalize_newlines(text)
+
+
+def read_documents(text_patterns: str, what: str, tfds_name: str = "", split: str = "test",
+                   data_dir: str | None = None, text_key: str = "text",
+                   max_documents: int = 0) -> tuple[list[str], str]:
+    """Whole documents to score: text files (comma-separated paths or globs, local or
+    gs://; `what` names the flag in errors) or, without them, TFDS records (at most
+    `max_documents`, 0: all). Returns (documents, a description of their source)."""
+    if text_patterns:
+        paths = rundir.expand_patterns(text_patterns, what)
+        return [read_text_file(p) for p in paths], ",".join(map(str, paths))
+    source = TfdsCorpus(tfds_name, split=split, data_dir=data_dir, text_key=text_key)
+    documents = []
+    for document in source.documents():
+        if max_documents and len(documents) >= max_documents:
+            break
+        documents.append(document)
+    return documents, source.describe()
 
 
 class TfdsCorpus:
@@ -179,10 +185,10 @@ class TfdsCorpus:
         self.name, self.split, self.data_dir, self.text_key = name, split, data_dir, text_key
         self._source = tfds.data_source(name, split=split, data_dir=data_dir)
         if len(self._source) == 0:
-            raise ValueError(f"{self.describe()}: dataset split has no records (empty corpus)")
+            raise DataError(f"{self.describe()}: dataset split has no records (empty corpus)")
         first = self._source[0]
         if text_key not in first:
-            raise ValueError(
+            raise DataError(
                 f"{self.describe()}: records have no feature {text_key!r}; "
                 f"available: {sorted(first)}"
             )
@@ -215,7 +221,7 @@ class TfdsCorpus:
                 try:
                     text = text.decode("utf-8")
                 except UnicodeDecodeError as err:
-                    raise ValueError(
+                    raise DataError(
                         f"{self.describe()} record {index}: not valid UTF-8 ({err})") from err
             yield normalize_newlines(text)
 
@@ -276,12 +282,49 @@ def build_or_load_token_cache(source: CorpusSource, tokenizer: Tokenizer,
     written last and only after the `.npy` is complete, both through a temporary file and
     `os.replace`: a crash leaves no cache that looks complete. Concurrent builders (several
     hosts on one shared file system) each write their own temporary file and the last rename
-    wins, with identical contents.
+    wins, with identical contents. A `gs://` cache_dir is built in a local mirror and
+    uploaded (`.npy`, then `.json`); a later job downloads it into its mirror once.
     """
-    cache_dir = pathlib.Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     corpus_identity, fingerprint = source.identity(), tokenizer.fingerprint()
     key = cache_key(corpus_identity, fingerprint)
+    if rundir.is_remote(cache_dir):
+        return _remote_token_cache(source, tokenizer, rundir.path(cache_dir), key, progress)
+    return _local_token_cache(source, tokenizer, pathlib.Path(cache_dir), key,
+                              corpus_identity, fingerprint, progress)
+
+
+def _remote_token_cache(source, tokenizer, remote_dir, key: str, progress: bool) -> TokenCache:
+    # Memory-mapping needs a local file: the mirror holds one per remote cache directory.
+    root = pathlib.Path(os.environ.get("GPT1_JAX_CACHE", "~/.cache/gpt1_jax")).expanduser()
+    mirror = root / "remote" / hashlib.sha256(str(remote_dir).encode()).hexdigest()[:16]
+    mirror.mkdir(parents=True, exist_ok=True)
+    local_npy, local_json = mirror / f"{key}.npy", mirror / f"{key}.json"
+    remote_npy, remote_json = remote_dir / f"{key}.npy", remote_dir / f"{key}.json"
+    cache = _load_cache(local_npy, local_json, key)
+    if cache is None and remote_json.exists():
+        local_json.unlink(missing_ok=True)
+        _write_atomically(local_npy, lambda f: _copy_stream(remote_npy, f))
+        _write_atomically(local_json, lambda f: f.write(remote_json.read_bytes()))
+        cache = _load_cache(local_npy, local_json, key)
+    if cache is not None:
+        log.info("token cache hit: %s (%s)", source.describe(), remote_npy)
+        return cache
+    cache = _local_token_cache(source, tokenizer, mirror, key, source.identity(),
+                               tokenizer.fingerprint(), progress)
+    with open(local_npy, "rb") as f, remote_npy.open("wb") as out:  # one upload, whole
+        shutil.copyfileobj(f, out, length=1 << 22)
+    rundir.write_bytes(remote_json, local_json.read_bytes())  # last: it vouches for the .npy
+    return cache
+
+
+def _copy_stream(source_path, out) -> None:
+    with source_path.open("rb") as f:
+        shutil.copyfileobj(f, out, length=1 << 22)
+
+
+def _local_token_cache(source, tokenizer, cache_dir: pathlib.Path, key: str, corpus_identity,
+                       fingerprint: str, progress: bool) -> TokenCache:
+    cache_dir.mkdir(parents=True, exist_ok=True)
     npy_path, json_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
 
     cache = _load_cache(npy_path, json_path, key)
@@ -371,7 +414,7 @@ def _tokenize_into(npy_file, scratch_dir: pathlib.Path, source: CorpusSource,
             for ids in tokenizer.encode_batch(pending, progress=progress):
                 ids_N = np.asarray(ids, dtype=np.int64)
                 if ids_N.size and (ids_N.min() < 0 or ids_N.max() >= tokenizer.vocab_size):
-                    raise ValueError(
+                    raise DataError(
                         f"tokenizer returned ids outside [0, {tokenizer.vocab_size}) "
                         f"for {source.describe()}")
                 raw.write(ids_N.astype(dtype).tobytes())
@@ -391,7 +434,7 @@ def _tokenize_into(npy_file, scratch_dir: pathlib.Path, source: CorpusSource,
                 flush()
         flush()
         if num_tokens == 0:
-            raise ValueError(f"{source.describe()}: corpus produced no tokens (empty corpus)")
+            raise DataError(f"{source.describe()}: corpus produced no tokens (empty corpus)")
 
         header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
                   "shape": (num_tokens,)}
@@ -414,13 +457,13 @@ def split_train_val(tokens_N: np.ndarray, val_fraction: float, seq_len: int,
     Both parts stay memmap views. ValueError if either is shorter than one window.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
     num_tokens = int(tokens_N.shape[0])
     num_val = int(num_tokens * val_fraction)
     num_train = num_tokens - num_val
     window = seq_len + 1
     if num_train < window or num_val < window:
-        raise ValueError(
+        raise DataError(
             f"{corpus_name}: {num_tokens:,} tokens split into {num_train:,} train and "
             f"{num_val:,} validation tokens (val_fraction={val_fraction}); each part needs at "
             f"least one window of seq_len + 1 = {window} tokens")
@@ -454,24 +497,18 @@ def steps_per_epoch(n_tokens: int, seq_len: int, global_batch_size: int) -> int:
 def _process_rows(global_batch_size: int, process_index: int, process_count: int) -> slice:
     """This process's contiguous block of rows in the global batch."""
     if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"bad process_index={process_index} for process_count={process_count}")
+        raise DataError(f"bad process_index={process_index} for process_count={process_count}")
     if global_batch_size % process_count:
-        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
+        raise DataError(f"global_batch_size={global_batch_size} is not divisible by "
                          f"process_count={process_count}")
     local = global_batch_size // process_count
     return slice(process_index * local, (process_index + 1) * local)
 
 
-def _gather_windows(tokens_N: np.ndarray, seq_len: int, window_ids_B: np.ndarray) -> np.ndarray:
+def gather_windows(tokens_N: np.ndarray, seq_len: int, window_ids_B: np.ndarray) -> np.ndarray:
     """[B] window indices → int32 [B, seq_len + 1] token windows."""
     rows = [tokens_N[i * seq_len : i * seq_len + seq_len + 1] for i in window_ids_B.tolist()]
     return np.stack(rows).astype(np.int32)
-
-
-def _local_batch(tokens_N: np.ndarray, seq_len: int, rows: slice,
-                 window_ids_B: np.ndarray) -> np.ndarray:
-    """Global batch of window indices → this process's int32 [B_local, seq_len + 1] windows."""
-    return _gather_windows(tokens_N, seq_len, window_ids_B[rows])
 
 
 def endless_epochs(num_items: int) -> int:
@@ -483,37 +520,58 @@ def endless_epochs(num_items: int) -> int:
     return max(1, (1 << 40) // max(num_items, 1))
 
 
+def make_window_ids_iterator(train_tokens: np.ndarray, seq_len: int, global_batch_size: int,
+                             seed: int) -> grain.DatasetIterator:
+    """Endless iterator of the global batches' window indices, int64 [global_batch_size].
+
+    Window indices are shuffled with `seed` and reshuffled each epoch; every process builds
+    the same sequence, so which rows a process reads (`gather_windows`) is decided by where
+    the batch sharding puts them, not here. `get_state()` is `{"next_index": <batches
+    already returned>}`; `set_state` on a fresh iterator continues with the same batches.
+    """
+    if not 0 <= seed < 2**32:
+        raise DataError(f"seed must be in [0, 2**32), got {seed}")
+    num_windows = num_train_windows(int(train_tokens.shape[0]), seq_len)
+    if num_windows == 0:
+        raise DataError(f"{train_tokens.shape[0]} training tokens hold no window of "
+                        f"seq_len + 1 = {seq_len + 1} tokens")
+    window_ids = grain.MapDataset.range(num_windows).shuffle(seed=seed).repeat(endless_epochs(num_windows))
+    read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    return iter(window_ids.batch(global_batch_size).to_iter_dataset(read_options))
+
+
 def make_train_iterator(train_tokens: np.ndarray, seq_len: int, global_batch_size: int,
                         seed: int, process_index: int = 0,
                         process_count: int = 1) -> grain.DatasetIterator:
-    """Endless iterator of this process's rows of shuffled training batches.
+    """Endless iterator of contiguous row blocks of the shuffled training batches: process
+    p of P gets rows [p*B/P, (p+1)*B/P) of each global batch as int32 `tokens_BxT1`
+    [B/P, seq_len + 1]. The global batch at step s does not depend on the process count.
 
-    Every process builds the same global sequence: window indices, shuffled with `seed` and
-    reshuffled each epoch, batched `global_batch_size` at a time. Process p keeps rows
-    [p*B/P, (p+1)*B/P) of each global batch, so the global batch at step s does not depend on
-    the process count (only window indices are batched globally; each process reads just its
-    own rows from the memmap).
-
-    Yields:
-        int32 numpy arrays `tokens_BxT1`, shape [global_batch_size // process_count, seq_len + 1].
-
-    The iterator's `get_state()` is `{"next_index": <batches already returned>}` (JSON-able);
-    `set_state(state)` on a fresh iterator continues with exactly the batches that would have
-    followed, even with a different process count. Everything runs in this process (no worker
-    threads): a batch is a few memmap slices.
+    Jobs feed devices through `make_window_ids_iterator` and the batch sharding instead
+    (any mesh layout across hosts); this view is the same data, by rows.
     """
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     rows = _process_rows(global_batch_size, process_index, process_count)
-    num_windows = num_train_windows(int(train_tokens.shape[0]), seq_len)
-    if num_windows == 0:
-        raise ValueError(f"{train_tokens.shape[0]} training tokens hold no window of "
-                         f"seq_len + 1 = {seq_len + 1} tokens")
-    window_ids = grain.MapDataset.range(num_windows).shuffle(seed=seed).repeat(endless_epochs(num_windows))
-    batches = window_ids.batch(global_batch_size).map(
-        functools.partial(_local_batch, train_tokens, seq_len, rows))
-    read_options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-    return iter(batches.to_iter_dataset(read_options))
+    ids = make_window_ids_iterator(train_tokens, seq_len, global_batch_size, seed)
+    return _MappedIterator(ids, lambda ids_B: gather_windows(train_tokens, seq_len, ids_B[rows]))
+
+
+class _MappedIterator:
+    """`fn` over an iterator's items, keeping the iterator's checkpointable state."""
+
+    def __init__(self, iterator, fn):
+        self._iterator, self._fn = iterator, fn
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._fn(next(self._iterator))
+
+    def get_state(self):
+        return self._iterator.get_state()
+
+    def set_state(self, state) -> None:
+        self._iterator.set_state(state)
 
 
 def num_eval_batches(n_tokens: int, seq_len: int, global_batch_size: int,
@@ -538,15 +596,28 @@ def eval_batches(val_tokens: np.ndarray, seq_len: int, global_batch_size: int,
     rows = _process_rows(global_batch_size, process_index, process_count)
     count = num_eval_batches(int(val_tokens.shape[0]), seq_len, global_batch_size, max_batches)
     if count == 0 and max_batches != 0:
-        raise ValueError(
+        raise DataError(
             f"{val_tokens.shape[0]:,} validation tokens hold "
             f"{num_train_windows(int(val_tokens.shape[0]), seq_len)} windows of {seq_len + 1} "
             f"tokens, fewer than one global batch of {global_batch_size}")
     return _eval_generator(val_tokens, seq_len, global_batch_size, rows, count)
 
 
+def eval_window_ids(n_tokens: int, seq_len: int, global_batch_size: int,
+                    max_batches: int | None = None) -> Iterator[np.ndarray]:
+    """The validation batches' window indices in order, int64 [global_batch_size] each
+    (same count as `eval_batches`)."""
+    count = num_eval_batches(n_tokens, seq_len, global_batch_size, max_batches)
+    if count == 0 and max_batches != 0:
+        raise DataError(
+            f"{n_tokens:,} validation tokens hold {num_train_windows(n_tokens, seq_len)} windows "
+            f"of {seq_len + 1} tokens, fewer than one global batch of {global_batch_size}")
+    for step in range(count):
+        yield np.arange(step * global_batch_size, (step + 1) * global_batch_size)
+
+
 def _eval_generator(val_tokens, seq_len, global_batch_size, rows, count):
     # Apart from eval_batches so that bad arguments raise at the call, not at the first next().
     for step in range(count):
         window_ids_B = np.arange(step * global_batch_size, (step + 1) * global_batch_size)
-        yield _gather_windows(val_tokens, seq_len, window_ids_B[rows])
+        yield gather_windows(val_tokens, seq_len, window_ids_B[rows])

@@ -14,6 +14,7 @@ import numpy as np
 from gpt1_jax.data import corpus
 from gpt1_jax.data import tasks as tasks_lib
 from gpt1_jax.data import transforms
+from gpt1_jax.errors import DataError
 
 
 def transform_example(spec: tasks_lib.TaskSpec, texts_ids: list[list[int]],
@@ -28,7 +29,7 @@ def transform_example(spec: tasks_lib.TaskSpec, texts_ids: list[list[int]],
     if spec.kind == "multiple_choice":
         max_part = transforms.original_story_cloze_part_len(n_ctx) if spec.name == "story_cloze" else None
         return transforms.multiple_choice(texts_ids[0], texts_ids[1:], specials, n_ctx, max_part)
-    raise ValueError(f"task {spec.name!r} has unknown kind {spec.kind!r}")
+    raise DataError(f"task {spec.name!r} has unknown kind {spec.kind!r}")
 
 
 def encode_examples(spec, examples, tokenizer, n_ctx: int, progress: bool = False) -> list[list[list[int]]]:
@@ -112,7 +113,7 @@ def load_task_data(task_name: str, tokenizer, n_ctx: int, *, data_dir: Optional[
         examples[split] = subset(tasks_lib.load_examples(spec.name, split, data_dir or None, source),
                                  limit, seed)
         if not examples[split]:
-            raise ValueError(f"task {spec.name!r}: split {split!r} has no examples")
+            raise DataError(f"task {spec.name!r}: split {split!r} has no examples")
         sequences[split] = encode_examples(spec, examples[split], tokenizer, n_ctx)
     longest = max(len(seq) for split in splits for ex in sequences[split] for seq in ex)
     max_len = max_len or min(n_ctx, -(-longest // 8) * 8)

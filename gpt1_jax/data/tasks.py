@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt1_jax.metrics import TASK_METRICS
+from gpt1_jax.errors import DataError
 
 # ---------------------------------------------------------------------------------------------
 # What the tasks are.
@@ -149,7 +150,7 @@ TASKS: dict[str, TaskSpec] = {
 def get_task(name: str) -> TaskSpec:
     """The TaskSpec of a task name, e.g. "mnli", "race/high", "story_cloze"."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+        raise DataError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
     return TASKS[name]
 
 
@@ -165,16 +166,16 @@ def load_examples(
     """
     spec = get_task(task_name)
     if split not in spec.splits:
-        raise ValueError(
+        raise DataError(
             f"task {spec.name!r} has no split {split!r}; splits: {', '.join(spec.splits)}"
         )
     if source == "files":
         if data_dir is None:
-            raise ValueError(f"source='files' needs data_dir; layout: {FILE_LAYOUTS[spec.name]}")
+            raise DataError(f"source='files' needs data_dir; layout: {FILE_LAYOUTS[spec.name]}")
         return _FILE_READERS[spec.name](Path(data_dir), split)
     if source == "tfds":
         return _load_tfds(spec, split, None if data_dir is None else str(data_dir))
-    raise ValueError(f"unknown source {source!r}; known: files, tfds")
+    raise DataError(f"unknown source {source!r}; known: files, tfds")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,7 +365,7 @@ def _story_cloze_file(data_dir: Path, which: str) -> Path:
     if not candidates:
         return _require_file(original, "story_cloze")  # raises, naming the expected file
     if len(candidates) > 1:
-        raise ValueError(f"story_cloze: several {which} files in {data_dir}: "
+        raise DataError(f"story_cloze: several {which} files in {data_dir}: "
                          f"{[path.name for path in candidates]}")
     return candidates[0]
 
@@ -575,7 +576,7 @@ def _race_from_tfds(records: Iterator[dict]) -> list[Example]:
         ):
             answer = _as_str(answer)
             if answer not in tuple(_RACE_LETTERS):
-                raise ValueError(f"RACE {file_id} question {number}: answer {answer!r} is not A-D")
+                raise DataError(f"RACE {file_id} question {number}: answer {answer!r} is not A-D")
             context = article + " " + _as_str(question)
             texts = (context, *(_as_str(choice) for choice in choices))
             examples.append(Example(texts, _RACE_LETTERS.index(answer), f"{file_id}-{number}"))

@@ -30,6 +30,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+from gpt1_jax.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +59,7 @@ def _text_budget(n_ctx: int, n_specials: int) -> int:
     """Tokens left for text once the special tokens are placed; at least one must remain."""
     budget = n_ctx - n_specials
     if budget < 1:
-        raise ValueError(
+        raise DataError(
             f"n_ctx={n_ctx} leaves no room for text next to {n_specials} special tokens"
         )
     return budget
@@ -138,7 +139,7 @@ def multiple_choice(
     like the original Story Cloze code (see the module docstring).
     """
     if not answers:
-        raise ValueError("multiple_choice needs at least one answer")
+        raise DataError("multiple_choice needs at least one answer")
     if max_part_len is not None:
         context = context[:max_part_len]
         answers = [answer[:max_part_len] for answer in answers]
@@ -170,11 +171,11 @@ def pack(
     classify_pos_N = np.zeros((len(sequences),), dtype=np.int32)
     for row, sequence in enumerate(sequences):
         if len(sequence) > n_ctx:
-            raise ValueError(f"sequence {row} has {len(sequence)} tokens, more than n_ctx={n_ctx}")
+            raise DataError(f"sequence {row} has {len(sequence)} tokens, more than n_ctx={n_ctx}")
         try:
             classify_pos_N[row] = list(sequence).index(specials.classify)
         except ValueError:
-            raise ValueError(
+            raise DataError(
                 f"sequence {row} has no classify token (id {specials.classify})"
             ) from None
         tokens_NxL[row, : len(sequence)] = sequence

@@ -7,7 +7,7 @@ op_name into a part of the model (the vocabulary projection, attention softmax, 
 the optimizer, ...) and whether it ran in the backward pass, and `summarize` adds up the
 traced time of each part.
 
-Used by `python -m gpt1_jax.bench --profile=DIR`.
+Used by `python -m gpt1_jax.tools.bench --profile=DIR`.
 """
 import collections
 import gzip

@@ -1,0 +1,206 @@
+"""The discriminative fine-tuning job (GPT-1 §3.2-3.3, §4.1), and its eval mode.
+
+    pretrained params (or random init) --transplant--> task model (heads.py)
+    task files / TFDS --task_data--> packed sequences --> sharded train steps
+    --> checkpoints, metrics --> evaluation and GLUE prediction files (evaluate.py)
+
+data -> model -> run setup -> loop -> export -> evaluation -> summary.
+"""
+import dataclasses
+import json
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from gpt1_jax import checkpoint as checkpoint_lib
+from gpt1_jax import evaluate
+from gpt1_jax import heads
+from gpt1_jax import loading
+from gpt1_jax import model as model_lib
+from gpt1_jax import optim
+from gpt1_jax import reporting
+from gpt1_jax import rundir
+from gpt1_jax import settings
+from gpt1_jax import sharding as sharding_lib
+from gpt1_jax import tokenizers
+from gpt1_jax import trainer
+from gpt1_jax.data import task_data as task_data_lib
+from gpt1_jax.data import tasks as tasks_lib
+from gpt1_jax.errors import ConfigError
+
+N_SPECIAL = len(tokenizers.SPECIAL_TOKENS)   # start, delimiter, classify
+
+
+def transplant(pretrained_params, fresh_params, transfer_layers: int):
+    """Fresh task-model params with the pretrained transformer copied in: the embeddings
+    (token rows of the vocabulary; the specials stay freshly initialised) and the first
+    `transfer_layers` blocks (-1: all)."""
+    params = jax.tree_util.tree_map(lambda x: x, fresh_params)
+    body = dict(params["transformer"])
+    vocab = pretrained_params["tokens_embed"]["embedding"].shape[0]
+    table = body["tokens_embed"]["embedding"]
+    body["tokens_embed"] = {"embedding": table.at[:vocab].set(pretrained_params["tokens_embed"]["embedding"])}
+    body["positions_embed"] = pretrained_params["positions_embed"]
+    n_layer = sum(1 for k in pretrained_params if k.startswith("h_"))
+    n = n_layer if transfer_layers < 0 else min(transfer_layers, n_layer)
+    for i in range(n):
+        body[f"h_{i}"] = pretrained_params[f"h_{i}"]
+    params["transformer"] = body
+    return params
+
+
+def _task_params_target(model, s: int, max_len: int, mesh, rules):
+    """The task model's abstract parameters, in their shardings on `mesh`."""
+    boxed = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, s, max_len), jnp.int32),
+                                                jnp.zeros((1, s), jnp.int32))["params"], jax.random.key(0))
+    return trainer.with_shardings(nn.meta.unbox(boxed), sharding_lib.tree_shardings(boxed, mesh, rules))
+
+
+def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested | None = None) -> dict:
+    """Fine-tunes on `config.task` in `workdir`, then evaluates; returns the summary."""
+    workdir = rundir.path(workdir)
+    is_main = jax.process_index() == 0
+    spec = tasks_lib.get_task(config.task)
+
+    # The starting model and its tokenizer.
+    pretrained = loading.find(config.init_from) if config.init_from else None
+    if pretrained is not None:
+        base_cfg = loading.model_config(pretrained)
+        tokenizer = loading.load_tokenizer(pretrained)
+        if tokenizer is None:
+            raise checkpoint_lib.CheckpointError(
+                f"init_from {pretrained.path} records no tokenizer ({pretrained.tokenizer_dir})")
+    elif config.data.tokenizer == "gpt1_bpe":
+        tokenizer = tokenizers.gpt1_bpe_tokenizer()
+        base_cfg = settings.model_config(config, tokenizer.vocab_size)
+    else:
+        raise ConfigError("fine-tuning without init_from needs data.tokenizer='gpt1_bpe'")
+    if base_cfg.n_special not in (0, N_SPECIAL):
+        raise ConfigError(f"init_from {config.init_from} has n_special={base_cfg.n_special}")
+    mcfg = dataclasses.replace(base_cfg, n_special=N_SPECIAL, vocab_size=base_cfg.vocab_size)
+    if pretrained is not None and tokenizer.vocab_size != mcfg.vocab_size:
+        raise checkpoint_lib.CheckpointError(
+            f"init_from {pretrained.path} records vocab_size={mcfg.vocab_size} but its tokenizer "
+            f"({pretrained.tokenizer_dir}) has {tokenizer.vocab_size} entries: the checkpoint "
+            f"and the tokenizer do not belong together")
+    if is_main:
+        rundir.save_tokenizer(tokenizer, workdir / rundir.TOKENIZER)
+
+    # Data.
+    data = task_data_lib.load_task_data(
+        spec.name, tokenizer, mcfg.n_ctx, data_dir=config.data.data_dir, source=config.data.source,
+        max_train_examples=config.data.max_train_examples,
+        max_eval_examples=config.data.max_eval_examples, seed=config.seed,
+        max_len=config.finetune.max_len)
+    n_train, s = len(data.train["label"]), data.train["tokens"].shape[1]
+    batch_size = config.train.batch_size
+    num_steps = config.train.num_steps or max(1, config.train.num_epochs * n_train // batch_size)
+    warmup = config.optimizer.warmup_steps
+    if warmup < 0:  # the paper's 0.2% of training
+        warmup = int(round(0.002 * num_steps))
+
+    # Model and optimizer.
+    ocfg = settings.optimizer_config(config, num_steps, warmup_steps=warmup)
+    model = heads.task_model(spec, mcfg, config.finetune.clf_pdrop)
+    tx = optim.make_optimizer(ocfg)
+
+    def init_params(rng):
+        return model.init(rng, jnp.zeros((1, s, data.max_len), jnp.int32),
+                          jnp.zeros((1, s), jnp.int32))["params"]
+
+    def initial_params(mesh, shardings):
+        if pretrained is None or not config.finetune.load_pretrained_weights:
+            return None
+        body = model_lib.GPT1(base_cfg)
+        target = trainer.with_shardings(*_abstract_and_shardings(body, mesh, settings.sharding_rules(config)))
+        pretrained_params = pretrained.load_params(target)
+        fresh = jax.jit(lambda r: nn.meta.unbox(init_params(r)),
+                        out_shardings=shardings.params)(jax.random.key(config.seed))
+        return transplant(pretrained_params, fresh, config.finetune.transfer_layers)
+
+    # Run setup.
+    run_ = trainer.setup_run(settings.run_setup(config), init_params,
+                             heads.task_loss_fn(model, config.finetune.lm_coef), tx,
+                             optim.learning_rate_schedule(ocfg), workdir=workdir,
+                             batch_ndims={k: v.ndim for k, v in data.train.items()},
+                             initial_params=initial_params)
+    # Every process iterates over the global batches (task data is small) and hands each
+    # device the rows the batch sharding gives it.
+    batches = task_data_lib.make_batches(data.train, batch_size, config.seed)
+    if run_.data_state is not None:
+        batches.set_state(run_.data_state)
+
+    def to_global(rows: dict) -> dict:
+        return {k: sharding_lib.assemble_batch(lambda r, v=v: v[r], run_.batch_sharding[k], v.shape)
+                for k, v in rows.items()}
+
+    if is_main:
+        print(f"Fine-tuning on {spec.name}: {n_train:,} examples x {s} sequences of {data.max_len} "
+              f"tokens, {num_steps:,} steps of {batch_size}; init_from={config.init_from or 'random'}"
+              f"{'' if config.finetune.load_pretrained_weights else ' (shape and tokenizer only: random weights)'}")
+    writer = reporting.MetricsWriter(workdir, resume_step=run_.resumed_from)
+    loop_cfg = settings.loop_config(config, num_steps, tokens_per_step=batch_size * s * data.max_len)
+    save_meta = {"config": config.to_dict(), "model": dataclasses.asdict(mcfg), "task": spec.name,
+                 "num_steps": num_steps, "max_len": data.max_len}
+    started = time.time()
+    try:
+        state, last = trainer.train_loop(run_.state, run_.train_step, batches, to_global, loop_cfg,
+                                         writer, run_.checkpointer, save_meta, stop_requested=stop)
+    finally:
+        writer.close()
+        run_.checkpointer.close()
+
+    summary = {"task": spec.name, "num_params": model_lib.count_params(run_.abstract.params),
+               "step": int(state.step), "num_steps": num_steps, "train_loss": last.get("loss"),
+               "init_from": config.init_from, "lm_coef": config.finetune.lm_coef,
+               "pretrained_weights": bool(pretrained is not None and config.finetune.load_pretrained_weights),
+               "transfer_layers": config.finetune.transfer_layers,
+               "seconds_this_run": round(time.time() - started, 1)}
+    if int(state.step) >= num_steps:
+        export = workdir / rundir.EXPORT
+        checkpoint_lib.save_params(export, state.params, dataclasses.asdict(mcfg))
+        if is_main:
+            rundir.save_tokenizer(tokenizer, export / rundir.TOKENIZER)
+            rundir.write_json(export / rundir.EXPORT_TASK_JSON, {"task": spec.name, "max_len": data.max_len})
+        summary["eval"] = evaluate.evaluate_splits(model, state.params, data, batch_size, workdir)
+    summary = rundir.update_summary(workdir, summary, write=is_main)
+    if is_main and "eval" in summary:
+        print(json.dumps(summary["eval"]))
+    return summary
+
+
+def _abstract_and_shardings(module, mesh, rules):
+    boxed = jax.eval_shape(lambda r: module.init(r, jnp.zeros((1, 8), jnp.int32))["params"],
+                           jax.random.key(0))
+    return nn.meta.unbox(boxed), sharding_lib.tree_shardings(boxed, mesh, rules)
+
+
+def run_eval(config: ml_collections.ConfigDict, workdir) -> dict:
+    """Evaluates a fine-tuned model (`init_from`, default: `workdir`) on its task's evaluation
+    splits; writes the metrics under `eval` in `<workdir>/summary.json` and the predictions."""
+    workdir = rundir.path(workdir)
+    source = loading.find(config.init_from or workdir)
+    if source.task is None:
+        raise checkpoint_lib.CheckpointError(f"{source.path} is not a fine-tuned model (it records no task)")
+    if source.task != config.task:
+        raise ConfigError(f"{source.path} was fine-tuned on {source.task!r}, not on task {config.task!r}")
+    spec = tasks_lib.get_task(source.task)
+    mcfg = loading.model_config(source)
+    tokenizer = loading.load_tokenizer(source)
+    data = task_data_lib.load_task_data(
+        spec.name, tokenizer, mcfg.n_ctx, data_dir=config.data.data_dir, source=config.data.source,
+        with_train=False, max_eval_examples=config.data.max_eval_examples, seed=config.seed)
+    model = heads.task_model(spec, mcfg, config.finetune.clf_pdrop)
+    s = next(iter(data.evals.values()))["tokens"].shape[1]
+    mesh = sharding_lib.make_mesh(dict(config.mesh))
+    params = source.load_params(_task_params_target(model, s, data.max_len, mesh,
+                                                    settings.sharding_rules(config)))
+    results = evaluate.evaluate_splits(model, params, data, config.train.batch_size, workdir)
+    rundir.update_summary(workdir, {"eval": results, "evaluated": str(source.path)},
+                          write=jax.process_index() == 0)
+    if jax.process_index() == 0:
+        print(json.dumps(results))
+    return results

@@ -1,0 +1,102 @@
+"""Loading a trained model from wherever a job left it: the one way every job and command
+line resolves `init_from` (sampling, LM evaluation, zero-shot, eval mode, fine-tuning,
+the decoding benchmark, the orbax reader of `convert`).
+
+`init_from` is a params export (`model.json` + `params/`), a training checkpoint
+(`<workdir>/checkpoints/<step>`), or a workdir (its export when the run finished, else its
+latest finished checkpoint); local or gs://.
+"""
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+
+from gpt1_jax import checkpoint as checkpoint_lib
+from gpt1_jax import model as model_lib
+from gpt1_jax import rundir
+from gpt1_jax import tokenizers
+from gpt1_jax.checkpoint import CheckpointError
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """Where a model is: `kind` "export" or "state" (a training checkpoint), its recorded
+    model config (a dict, as saved), the task it was fine-tuned on (None for a language
+    model) and where the tokenizer it was trained with is recorded."""
+    kind: str
+    path: Any
+    model_config: dict
+    tokenizer_dir: Any
+    task: Optional[str] = None
+
+    def load_params(self, abstract_params: Any) -> Any:
+        """The parameters, restored into the shapes and shardings of `abstract_params`."""
+        if self.kind == "export":
+            return checkpoint_lib.load_params(self.path, abstract_params)
+        return checkpoint_lib.load_params_from_state(self.path, abstract_params)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model's config, its parameters and its tokenizer (None if none is recorded)."""
+    config: model_lib.ModelConfig
+    params: Any
+    tokenizer: Optional[tokenizers.Tokenizer]
+    source: Optional[Pretrained] = None
+
+
+def find(init_from) -> Pretrained:
+    """Resolves `init_from` without reading any parameters; CheckpointError when it is none
+    of the three kinds, or a workdir without a finished checkpoint."""
+    path = rundir.path(init_from)
+    if (path / rundir.EXPORT / rundir.EXPORT_MODEL_JSON).exists():
+        path = path / rundir.EXPORT
+    elif (path / rundir.CHECKPOINTS).is_dir():
+        steps = checkpoint_lib.finished_steps(path / rundir.CHECKPOINTS)
+        if not steps:
+            raise CheckpointError(f"{path / rundir.CHECKPOINTS} holds no finished checkpoint")
+        path = path / rundir.CHECKPOINTS / str(steps[-1])
+    if (path / rundir.EXPORT_MODEL_JSON).exists():
+        task_file = path / rundir.EXPORT_TASK_JSON
+        task = checkpoint_lib.read_checkpoint_json(task_file, "the export's task")["task"] \
+            if task_file.exists() else None
+        return Pretrained("export", path, checkpoint_lib.read_model_config(path),
+                          path / rundir.TOKENIZER, task)
+    meta_file = path / "meta" / "metadata"
+    if (path / "state").is_dir() and meta_file.exists():
+        meta = checkpoint_lib.read_checkpoint_json(meta_file, "the checkpoint's metadata")
+        if "model" not in meta:
+            raise CheckpointError(f"{meta_file} records no model config")
+        return Pretrained("state", path, meta["model"], path.parent.parent / rundir.TOKENIZER,
+                          meta.get("task"))
+    raise CheckpointError(f"{path} is neither a params export ({rundir.EXPORT_MODEL_JSON} + "
+                          f"{rundir.EXPORT_PARAMS}/), a training checkpoint (state/ + meta/) nor "
+                          f"a workdir with either")
+
+
+def model_config(source: Pretrained) -> model_lib.ModelConfig:
+    try:
+        return model_lib.ModelConfig(**source.model_config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source.path}: unusable model config: {e}") from e
+
+
+def load_tokenizer(source: Pretrained) -> Optional[tokenizers.Tokenizer]:
+    if not rundir.has_tokenizer(source.tokenizer_dir):
+        return None
+    return tokenizers.load_tokenizer(source.tokenizer_dir)
+
+
+def load(init_from, abstract_params: Optional[Callable[[model_lib.ModelConfig], Any]] = None
+         ) -> LoadedModel:
+    """The model at `init_from` (a path or a `find` result). Its parameters are restored into
+    `abstract_params(config)` (shapes with shardings: e.g. a task model's tree over a mesh);
+    by default the language model's tree on this process's first device."""
+    source = init_from if isinstance(init_from, Pretrained) else find(init_from)
+    config = model_config(source)
+    if abstract_params is None:
+        one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = model_lib.abstract_params(config, one_device)
+    else:
+        target = abstract_params(config)
+    return LoadedModel(config, source.load_params(target), load_tokenizer(source), source)

@@ -1,0 +1,1 @@
+"""Tools: benchmarks, profiling and ahead-of-time compilation. Nothing in the library imports them."""

@@ -1,0 +1,413 @@
+"""Training throughput against the HF PyTorch reference, at the same shape, in one run.
+
+    python -m gpt1_jax.tools.bench --shape=small --reference=hf --out=bench_small.json
+    python -m gpt1_jax.tools.bench --shape=gpt1 --reference=hf --out=bench_gpt1.json
+
+Each side trains in its own fresh process, so its peak memory is its own: the project
+runs the real `trainer.make_train_step` (loss, gradients, non-finite guard, clipped
+AdamW, donated state); the reference runs transformers' `OpenAIGPTLMHeadModel` with
+`torch.optim.AdamW` (same lr, betas, eps, weight decay on the same tensors, clipping at
+1), in train mode with the same dropout. Both use the same number of threads (the
+cores this process may run on), random tokens, `--warmup` untimed steps and then
+`--steps` timed ones; each step is waited for before the next starts.
+
+Both sides are started, set up and warmed up first, and then take turns: a turn is one
+untimed step and then `--turn_steps` timed ones of the same side. The untimed step
+absorbs what the switch costs (measured here: a step right after the other process's
+runs up to 12% slower, whichever side it is, while its threads wind down and caches
+refill), so the timed steps are steady-state training steps, as in a real run. Taking
+turns means a machine that speeds up or slows down part way through (a shared host
+does, by 10% and more over a minute) affects both sides alike. The reported step times
+are medians over `--steps` timed steps, `ratio` is the project's tokens/s over the
+reference's, and `ratio_per_turn` the same for each pair of neighbouring turns. Peak
+memory is each process's own peak resident set on CPU (which includes the framework
+itself: each process's resident set just after its imports is reported as
+`baseline_memory_bytes`), and the device's peak allocation on a GPU (JAX is then told
+not to preallocate, so that both processes fit on one device).
+MFU uses `reporting.flops_per_token` and the device's peak from `reporting.py`.
+
+Shapes: `small` = 6 layers, width 384, 6 heads, FFN 1536, vocabulary 8192, 256 tokens,
+batch 8; `gpt1` = the paper's model (12 x 768, 40,478 tokens, 512 positions), batch 2
+on a CPU and 64 on an accelerator. float32 unless `--dtype=bfloat16` (the project
+computes in bf16 with float32 parameters; the reference runs under torch.autocast).
+
+`--profile=DIR` also traces two of the project's steps (after the timed ones, so the
+timing is unaffected) and prints the time per part of the model (profiling.py): the
+vocabulary projection, the MLP and attention matmuls, softmax, LayerNorm, dropout, the
+optimizer. `--attention_block=0` measures full T x T attention instead of the block-causal one.
+"""
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+from gpt1_jax.cli import common
+
+SHAPES = {
+    "small": dict(n_layer=6, d_model=384, n_head=6, d_ff=1536, vocab_size=8192, n_ctx=256,
+                  batch_cpu=8, batch_accelerator=8),
+    "gpt1": dict(n_layer=12, d_model=768, n_head=12, d_ff=3072, vocab_size=40478, n_ctx=512,
+                 batch_cpu=2, batch_accelerator=64),
+    # For the tests: the whole benchmark in seconds.
+    "tiny": dict(n_layer=2, d_model=64, n_head=2, d_ff=256, vocab_size=512, n_ctx=32,
+                 batch_cpu=2, batch_accelerator=2),
+}
+# The paper's optimiser (optim.py); the reference is given the same values.
+LEARNING_RATE, BETAS, EPS, WEIGHT_DECAY, MAX_GRAD_NORM, DROPOUT = 2.5e-4, (0.9, 0.999), 1e-8, 0.01, 1.0, 0.1
+
+_SHAPE = flags.DEFINE_enum("shape", "small", list(SHAPES), "Model and batch shape.")
+_REFERENCE = flags.DEFINE_enum("reference", "hf", ["hf", "none"], "What to compare against.")
+_OUT = flags.DEFINE_string("out", None, "Write the results here as JSON (also printed).")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "0: the shape's batch for this backend.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_ATTENTION = flags.DEFINE_enum("attention", "einsum", ["einsum", "dot_product"],
+                               "The project's attention (dot_product needs --dropout=0).")
+_BACKEND = flags.DEFINE_string("attention_backend", None, "dot_product: None, xla or cudnn.")
+_REMAT = flags.DEFINE_string("remat", "none", "The project's model.remat.")
+_BLOCK = flags.DEFINE_integer("attention_block", 64, "The project's model.attention_block (0: one block).")
+_DROPOUT = flags.DEFINE_float("dropout", DROPOUT, "All dropout rates, both sides.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation, allocator warm-up).")
+_STEPS = flags.DEFINE_integer("steps", 12, "Timed steps of each side, in all.")
+_TURN_STEPS = flags.DEFINE_integer("turn_steps", 2, "Timed steps of a side per turn (after one untimed).")
+_PROFILE = flags.DEFINE_string(
+    "profile", None, "Also trace 2 project steps into this directory and print where the time "
+    "goes, per part of the model (profiling.py); written to DIR/profile.json.")
+_WORKER = flags.DEFINE_enum("worker", None, ["project", "hf"], "Internal: run one side here.")
+
+
+def threads() -> int:
+    """The cores this process may use: both sides get this many."""
+    return len(os.sched_getaffinity(0))
+
+
+def _rss_bytes() -> int:
+    # ru_maxrss is in KiB on Linux: the peak resident set of this process so far.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _random_batches(vocab: int, batch: int, length: int, count: int = 4):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, vocab, (batch, length), dtype=np.int32) for _ in range(count)]
+
+
+class Session:
+    """One side, set up for `batch_size` rows: `step()` runs one train step and waits for
+    it; `report()` says what was trained and the process's peak memory."""
+
+    def __init__(self, batch_size: int, run_step, wait, report):
+        self.batch_size = batch_size
+        self._run_step, self._wait, self.report = run_step, wait, report
+
+    def step(self) -> float:
+        started = time.perf_counter()
+        self._wait(self._run_step())
+        return time.perf_counter() - started
+
+
+def project_session(shape: dict, batch: int) -> Session:
+    """The project's model with the real train step.
+
+    `batch` 0 picks the shape's batch for this backend (reported back as `batch_size`).
+    """
+    import jax
+
+    from gpt1_jax import model as model_lib
+    from gpt1_jax import optim, reporting, trainer
+    from gpt1_jax import sharding as sharding_lib
+    baseline = _rss_bytes()
+    device = jax.devices()[0]
+    batch = batch or shape["batch_cpu" if device.platform == "cpu" else "batch_accelerator"]
+
+    cfg = model_lib.ModelConfig(
+        vocab_size=shape["vocab_size"], n_ctx=shape["n_ctx"], n_layer=shape["n_layer"],
+        n_head=shape["n_head"], d_model=shape["d_model"], d_ff=shape["d_ff"],
+        embd_pdrop=_DROPOUT.value, attn_pdrop=_DROPOUT.value, resid_pdrop=_DROPOUT.value,
+        attention=_ATTENTION.value, attention_backend=_BACKEND.value, dtype=_DTYPE.value,
+        remat=_REMAT.value, attention_block=_BLOCK.value)
+    model = model_lib.GPT1(cfg)
+    ocfg = optim.OptimizerConfig(learning_rate=LEARNING_RATE, warmup_steps=0, total_steps=10_000,
+                                 b1=BETAS[0], b2=BETAS[1], eps=EPS, weight_decay=WEIGHT_DECAY,
+                                 max_grad_norm=MAX_GRAD_NORM)
+    tx = optim.make_optimizer(ocfg)
+    # The jobs' own run setup (no workdir: nothing is checkpointed), on this one device.
+    run = trainer.setup_run(
+        trainer.RunSetup(mesh={"data": 1, "fsdp": 1, "tensor": 1}, rules=sharding_lib.DEFAULT_RULES,
+                         batch_size=batch), model_lib.init_params_fn(model, cfg.n_ctx),
+        model_lib.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg), devices=[device])
+    train_step = run.train_step
+    batches = [jax.device_put(b, run.batch_sharding)
+               for b in _random_batches(cfg.vocab_size, batch, cfg.n_ctx + 1)]
+    holder = {"state": run.state, "i": 0, "metrics": None}
+
+    def run_step():
+        holder["state"], holder["metrics"] = train_step(holder["state"],
+                                                        batches[holder["i"] % len(batches)])
+        holder["i"] += 1
+        return holder["state"], holder["metrics"]
+
+    def report() -> dict:
+        if _PROFILE.value:
+            _profile(train_step, holder, batches[0], run_step, _PROFILE.value)
+        if device.platform == "cpu":
+            peak = _rss_bytes()
+        else:
+            peak = int((device.memory_stats() or {}).get("peak_bytes_in_use", 0))
+        return {"peak_memory_bytes": peak, "baseline_memory_bytes": baseline,
+                "device_kind": f"{device.platform} {device.device_kind}",
+                "loss": float(holder["metrics"]["loss"]),
+                "num_params": model_lib.count_params(holder["state"].params), "batch_size": batch,
+                "peak_flops": reporting.peak_flops_per_device(device=device)}
+
+    return Session(batch, run_step, jax.block_until_ready, report)
+
+
+def _profile(train_step, holder, batch, run_step, out_dir: str) -> None:
+    """Traces 2 more steps; writes the time per part of the model to out_dir/profile.json."""
+    import jax
+
+    from gpt1_jax.tools import profiling
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hlo_text = train_step.lower(holder["state"], batch).compile().as_text()
+    jax.profiler.start_trace(str(out))
+    for _ in range(2):
+        jax.block_until_ready(run_step())
+    jax.profiler.stop_trace()
+    summary = profiling.summarize(profiling.trace_events(out), profiling.op_names(hlo_text))
+    (out / "profile.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def hf_session(shape: dict, batch: int) -> Session:
+    """transformers' OpenAIGPTLMHeadModel with torch.optim.AdamW at the same shape."""
+    import torch
+    import transformers
+    baseline = _rss_bytes()
+    torch.set_num_threads(threads())
+    torch.manual_seed(0)
+    cuda = torch.cuda.is_available()
+    batch = batch or shape["batch_accelerator" if cuda else "batch_cpu"]
+    device = torch.device("cuda" if cuda else "cpu")
+    config = transformers.OpenAIGPTConfig(
+        vocab_size=shape["vocab_size"], n_positions=shape["n_ctx"], n_embd=shape["d_model"],
+        n_layer=shape["n_layer"], n_head=shape["n_head"], afn="gelu",  # tanh-GELU, as GPT-1
+        embd_pdrop=_DROPOUT.value, attn_pdrop=_DROPOUT.value, resid_pdrop=_DROPOUT.value)
+    assert config.n_embd * 4 == shape["d_ff"], "HF's OpenAIGPT fixes the FFN at 4 x width"
+    model = transformers.OpenAIGPTLMHeadModel(config).to(device).train()
+    # The project's decay mask (optim.decay_mask): kernels and embeddings, not biases or LN.
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=LEARNING_RATE, betas=BETAS, eps=EPS)
+    batches = [torch.from_numpy(b).long().to(device)
+               for b in _random_batches(config.vocab_size, batch, shape["n_ctx"])]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=_DTYPE.value == "bfloat16")
+    holder = {"i": 0, "loss": None}
+
+    def run_step():
+        tokens_BxT = batches[holder["i"] % len(batches)]
+        holder["i"] += 1
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = model(input_ids=tokens_BxT, labels=tokens_BxT).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+        optimizer.step()
+        holder["loss"] = loss
+        return loss
+
+    def wait(loss):
+        if cuda:
+            torch.cuda.synchronize()
+        loss.item()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    def report() -> dict:
+        peak = torch.cuda.max_memory_allocated() if cuda else _rss_bytes()
+        kind = f"gpu {torch.cuda.get_device_name()}" if cuda else "cpu"
+        return {"peak_memory_bytes": int(peak), "baseline_memory_bytes": baseline,
+                "device_kind": kind, "loss": float(holder["loss"]), "batch_size": batch,
+                "num_params": sum(p.numel() for p in model.parameters())}
+
+    return Session(batch, run_step, wait, report)
+
+
+def serve(session: Session) -> None:
+    """The worker's side of the turn-taking: one line in per command, one line out.
+
+    It first answers its batch size, once set up; then "step" runs a step and answers its
+    seconds, and "done" answers the report (JSON) and ends.
+    """
+    print(session.batch_size, flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "step":
+            print(session.step(), flush=True)
+        elif command == "done":
+            print(json.dumps(session.report()), flush=True)
+            return
+        else:
+            raise ValueError(f"unknown command {command!r}")
+
+
+class _Worker:
+    """One side in its own process, driven through its stdin and stdout (`serve`)."""
+
+    def __init__(self, side: str, batch: int):
+        self.side = side
+        argv = [sys.executable, "-m", "gpt1_jax.tools.bench", f"--worker={side}", f"--shape={_SHAPE.value}",
+                f"--batch_size={batch}", f"--dtype={_DTYPE.value}", f"--attention={_ATTENTION.value}",
+                f"--remat={_REMAT.value}", f"--attention_block={_BLOCK.value}",
+                f"--dropout={_DROPOUT.value}"]
+        if _BACKEND.value:
+            argv.append(f"--attention_backend={_BACKEND.value}")
+        if _PROFILE.value and side == "project":
+            argv.append(f"--profile={_PROFILE.value}")
+        # Both processes live at once: on a GPU, JAX must not take most of its memory.
+        env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._stderr, text=True, env=env)
+        self.batch_size = int(self._answer())  # once set up
+
+    def _answer(self) -> str:
+        line = self._process.stdout.readline()
+        if not line:
+            self._process.wait()
+            self._stderr.seek(0)
+            raise RuntimeError(f"the {self.side} benchmark failed:\n{self._stderr.read()[-4000:]}")
+        return line.strip()
+
+    def step(self) -> float:
+        self._process.stdin.write("step\n")
+        self._process.stdin.flush()
+        return float(self._answer())
+
+    def finish(self) -> dict:
+        self._process.stdin.write("done\n")
+        self._process.stdin.flush()
+        report = json.loads(self._answer())
+        self._process.wait()
+        return report
+
+    def kill(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+
+def _summary(step_times: list[float], report: dict, tokens_per_step: int,
+             flops_per_token: float, peak_flops: float) -> dict:
+    step_time = statistics.median(step_times)
+    tokens_per_sec = tokens_per_step / step_time
+    return {
+        "tokens_per_sec": tokens_per_sec,
+        "step_time_sec": step_time,
+        "step_times_sec": step_times,
+        "mfu": tokens_per_sec * flops_per_token / peak_flops if peak_flops else None,
+        "peak_memory_bytes": report["peak_memory_bytes"],
+        "baseline_memory_bytes": report["baseline_memory_bytes"],
+        "device_kind": report["device_kind"],
+        "num_params": report["num_params"],
+        "final_loss": report["loss"],
+    }
+
+
+def benchmark() -> dict:
+    """Both sides taking turns; medians, MFU and the ratio.
+
+    This process starts no JAX backend (on a GPU it would hold memory the workers need).
+    The project's worker starts first: the batch it picks for its backend is the reference's.
+    """
+    from gpt1_jax import reporting
+    shape = SHAPES[_SHAPE.value]
+    sides = ["project"] + (["hf"] if _REFERENCE.value == "hf" else [])
+    workers = {}
+    try:
+        for side in sides:
+            batch = workers["project"].batch_size if workers else _BATCH.value
+            workers[side] = _Worker(side, batch)
+            for _ in range(_WARMUP.value):
+                workers[side].step()
+        times = {side: [] for side in sides}
+        turn_medians = {side: [] for side in sides}
+        turns = -(-_STEPS.value // _TURN_STEPS.value)
+        for turn in range(turns):
+            for side in sides:
+                workers[side].step()  # the switch-over step, untimed
+                steps = min(_TURN_STEPS.value, _STEPS.value - len(times[side]))
+                turn_times = [workers[side].step() for _ in range(steps)]
+                times[side] += turn_times
+                turn_medians[side].append(statistics.median(turn_times))
+                print(f"[bench] {side} turn {turn + 1}/{turns}: {turn_medians[side][-1]:.3f} s/step",
+                      file=sys.stderr)
+        reports = {side: workers[side].finish() for side in sides}
+    finally:
+        for worker in workers.values():
+            worker.kill()
+
+    batch = reports["project"]["batch_size"]
+    tokens_per_step = batch * shape["n_ctx"]
+    flops = reporting.flops_per_token(shape["n_layer"], shape["d_model"], shape["d_ff"],
+                                      shape["vocab_size"], shape["n_ctx"])
+    peak = reports["project"]["peak_flops"]
+    result = {
+        "shape": _SHAPE.value,
+        **{k: v for k, v in shape.items() if not k.startswith("batch_")},
+        "batch_size": batch,
+        "dtype": _DTYPE.value,
+        "attention": _ATTENTION.value,
+        "remat": _REMAT.value,
+        "attention_block": _BLOCK.value,
+        "dropout": _DROPOUT.value,
+        "threads": threads(),
+        "warmup_steps": _WARMUP.value,
+        "timed_steps": _STEPS.value,
+        "turn_steps": _TURN_STEPS.value,
+        "flops_per_token": flops,
+        "peak_flops": peak,
+        **_summary(times["project"], reports["project"], tokens_per_step, flops, peak),
+    }
+    if "hf" in sides:
+        reference = _summary(times["hf"], reports["hf"], tokens_per_step, flops, peak)
+        result["reference"] = {"name": "transformers OpenAIGPTLMHeadModel + torch.optim.AdamW",
+                               **reference}
+        result["ratio"] = result["tokens_per_sec"] / reference["tokens_per_sec"]
+        result["ratio_per_turn"] = [r / p for p, r in zip(turn_medians["project"], turn_medians["hf"])]
+        result["memory_ratio"] = result["peak_memory_bytes"] / reference["peak_memory_bytes"]
+    return result
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _WORKER.value:
+        # Nothing of the other side is imported here: its memory would count as ours.
+        session = project_session if _WORKER.value == "project" else hf_session
+        serve(session(SHAPES[_SHAPE.value], _BATCH.value))
+        return
+    result = benchmark()
+    if _PROFILE.value:
+        from gpt1_jax.tools import profiling
+        profile = json.loads((pathlib.Path(_PROFILE.value) / "profile.json").read_text())
+        result["profile"] = profile["parts"]
+        print(profiling.format_table(profile), file=sys.stderr)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if _OUT.value:
+        with open(_OUT.value, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    common.run(main, "bench")
