@@ -23,12 +23,12 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT   # one failed process must not leave the others waiting
 for ((i = 0; i < num; i++)); do
     if command -v nvidia-smi >/dev/null; then
-        device_env=(CUDA_VISIBLE_DEVICES=$i)
+        device_env=("CUDA_VISIBLE_DEVICES=$i")
     else
         device_env=(JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-2}")
     fi
     env "${device_env[@]}" python -m gpt1_jax.main "$config" --workdir="$workdir" \
-        --config.distributed.initialize=True --config.distributed.coordinator_address=127.0.0.1:$port \
+        --config.distributed.initialize=True --config.distributed.coordinator_address="127.0.0.1:$port" \
         --config.distributed.num_processes="$num" --config.distributed.process_id=$i \
         ${flags[@]+"${flags[@]}"} &
     pids+=($!)
