@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Fit table for docs/aot.md: every config on every target, compiled ahead of time on this machine.
+#
+#   launch/aot_table.sh [OUT_DIR] [docs/aot.md]
+#   CONFIGS="gpt1 gpt2_medium" TOPOLOGIES="v5e-8" launch/aot_table.sh   # a smaller grid
+#
+# Per (config, target): the largest power-of-2 global batch that fits with remat=none, and the
+# cheapest remat (none < dots < block) that fits the config's own batch, each with its per-chip
+# memory and collectives. Every compile uses model.scan_layers=True (same memory and collectives
+# as the unrolled blocks, a fraction of the compile time). Reports land in OUT_DIR as JSON; a
+# rerun reuses them, so an interrupted table resumes where it stopped.
+set -euo pipefail
+OUT=${1:-aot_runs}
+DOC=${2:-docs/aot.md}
+CONFIGS=${CONFIGS:-"gpt1 gpt2_medium gpt2_large"}
+TOPOLOGIES=${TOPOLOGIES:-"v5e-8 v5p-8 v6e-8 v4-32"}
+PYTHON=${PYTHON:-python}
+mkdir -p "$OUT"
+
+compile() {  # compile NAME CONFIG TOPOLOGY ARGS...: OUT/NAME.json; status 0 fits, 1 does not
+  local name=$1 config=$2 topology=$3; shift 3
+  if [[ ! -s "$OUT/$name.json" ]]; then
+    "$PYTHON" -m gpt1_jax.aot --config="configs/$config.py" --topology="$topology" \
+      --config.model.scan_layers=True "$@" --out="$OUT/$name.json" >"$OUT/$name.log" 2>&1 || true
+  fi
+  [[ -s "$OUT/$name.json" ]] && "$PYTHON" -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["fits"] else 1)' "$OUT/$name.json"
+}
+
+for config in $CONFIGS; do
+  batch=$("$PYTHON" -c "from gpt1_jax import config_files; print(config_files.load('configs/$config.py').train.batch_size)")
+  for topology in $TOPOLOGIES; do
+    # The cheapest remat that fits the config's batch.
+    for remat in none dots block; do
+      if compile "$config.$topology.remat_$remat.b$batch" "$config" "$topology" \
+          --config.model.remat=$remat --config.train.batch_size="$batch"; then break; fi
+    done
+    # The largest power-of-2 batch without remat: double from 8 until it no longer fits.
+    b=8
+    while compile "$config.$topology.remat_none.b$b" "$config" "$topology" \
+        --config.model.remat=none --config.train.batch_size=$b; do
+      b=$((b * 2))
+      (( b > 8192 )) && break
+    done
+  done
+done
+
+"$PYTHON" - "$OUT" "$DOC" <<'PY'
+import collections, glob, json, os, re, sys
+from gpt1_jax import config_files
+out, doc = sys.argv[1:]
+runs = collections.defaultdict(list)
+for path in sorted(glob.glob(os.path.join(out, "*.json"))):
+    config, topology, remat, batch = re.match(r"(.+)\.(.+)\.remat_(\w+)\.b(\d+)\.json", os.path.basename(path)).groups()
+    runs[config, topology].append((remat, int(batch), json.load(open(path))))
+gib = lambda n: f"{n / 2**30:.1f}"
+def coll(r):
+    return ", ".join(f"{k} {v['count']}x / {v['bytes'] / 2**20:,.0f} MiB" for k, v in sorted(r["collectives"].items())) or "none"
+rows = ["| config | target | mesh | largest batch, remat=none (GiB/chip) | config batch: cheapest remat (GiB/chip of HBM) | collectives per step and chip | compile s (CPU s) |",
+        "|---|---|---|---:|---|---|---:|"]
+for (config, topology), rs in sorted(runs.items()):
+    fits_none = [(b, r) for m, b, r in rs if m == "none" and r["fits"]]
+    largest = max(fits_none, key=lambda x: x[0], default=None)
+    order = {"none": 0, "dots": 1, "block": 2}
+    default = config_files.load(f"configs/{config}.py").train.batch_size
+    config_batch = [(m, r) for m, b, r in rs if b == default]
+    own = sorted([x for x in config_batch if x[1]["fits"]], key=lambda x: order[x[0]])
+    cheapest = own[0] if own else None
+    ref = cheapest[1] if cheapest else (largest[1] if largest else rs[0][2])
+    rows.append(f"| {config} | {topology} | {ref['mesh']} | "
+                + (f"{largest[0]} ({gib(largest[1]['per_chip_bytes']['total'])})" if largest else "none fits")
+                + f" | {ref['batch_size'] if cheapest else '-'}: " + (f"{cheapest[0]} ({gib(cheapest[1]['per_chip_bytes']['total'])} of {gib(cheapest[1]['hbm_bytes'])})" if cheapest else "does not fit")
+                + f" | {coll(ref)} | {ref['compile_seconds']:.0f} ({ref['compile_cpu_seconds']:.0f}) |")
+table = "\n".join(rows) + "\n"
+text = open(doc).read() if os.path.exists(doc) else ""
+begin, end = "<!-- aot_table begin -->", "<!-- aot_table end -->"
+if begin in text:
+    text = text[:text.index(begin) + len(begin)] + "\n" + table + text[text.index(end):]
+else:
+    text += f"\n{begin}\n{table}{end}\n"
+open(doc, "w").write(text)
+print(table)
+PY
