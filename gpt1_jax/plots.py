@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable, Sequence
 
 WIDTH_IN, HEIGHT_IN, DPI = 10, 6, 100   # 1000 x 600 pixels
+TRAIN_SMOOTHING = 5                      # logged train losses averaged into the drawn line
 _REFERENCE_STYLE = {
     "unigram_loss": ("unigram (count model)", "tab:red"),
     "bigram_loss": ("bigram (count model)", "tab:purple"),
@@ -53,7 +54,12 @@ def render_training_curves(rows: Sequence[dict], reference: dict | None = None,
     val_x, val_y = _series(rows, "val_loss")
     drawn = list(train_y) + list(val_y)
     if train_x:
-        ax.plot(train_x, train_y, color="tab:blue", alpha=0.6, linewidth=1.2, label="train loss")
+        # Each logged train loss is one batch's: noisy. The mean of the last few reads better.
+        ax.plot(train_x, train_y, color="tab:blue", alpha=0.3, linewidth=1.0)
+        smooth = [sum(train_y[max(0, i - TRAIN_SMOOTHING + 1):i + 1]) / (i + 1 - max(0, i - TRAIN_SMOOTHING + 1))
+                  for i in range(len(train_y))]
+        ax.plot(train_x, smooth, color="tab:blue", linewidth=1.6,
+                label=f"train loss (mean of the last {TRAIN_SMOOTHING} logged)")
     if val_x:
         ax.plot(val_x, val_y, color="tab:orange", linewidth=2.2, marker="o", markersize=5,
                 label=f"validation loss (step {val_x[0]}: {val_y[0]:.3f}, last: {val_y[-1]:.3f})")
