@@ -162,10 +162,8 @@ def finished_steps(checkpoints_dir) -> list[int]:
     short (its temporary folder locally, a folder without its commit marker on gs://) is
     never one of them."""
     checkpoints_dir = rundir.path(checkpoints_dir)
-    if not checkpoints_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in checkpoints_dir.iterdir()
-                  if p.name.isdigit() and ocp.utils.is_checkpoint_finalized(p))
+    return sorted(int(name) for name in rundir.list_names(checkpoints_dir)
+                  if name.isdigit() and ocp.utils.is_checkpoint_finalized(checkpoints_dir / name))
 
 
 def save_params(directory, params: Any, model_config: dict) -> None:

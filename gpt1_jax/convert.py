@@ -134,7 +134,9 @@ def params_from_arrays(cfg: model_lib.ModelConfig, arrays: dict[str, np.ndarray]
 
 
 def arrays_from_params(cfg: model_lib.ModelConfig, params: Any) -> dict[str, np.ndarray]:
-    """HF-named float32 arrays of our parameter tree (the inverse of `params_from_arrays`)."""
+    """HF-named float32 arrays of our parameter tree (the inverse of `params_from_arrays`);
+    a scanned tree (model.scan_layers) is unstacked first."""
+    params = model_lib.per_layer_params(params)
     arrays = {}
     for t in _layout(cfg):
         node = params
@@ -375,3 +377,7 @@ def convert(source_format: str, target_format: str, src, dst, n_head: int = 12,
         loaded = READERS[source_format](src)
     WRITERS[target_format](dst, loaded)
     return loaded
+
+
+if __name__ == "__main__":  # the command line moved with the others into gpt1_jax/cli/
+    raise SystemExit("gpt1_jax.convert is the library; its command line is: python -m gpt1_jax.cli.convert ...")

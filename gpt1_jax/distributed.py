@@ -13,19 +13,24 @@ in step.
 
 With one process every function here is a no-op or returns its argument.
 """
+import atexit
 import contextlib
 import os
 import sys
 import threading
+import time
 from typing import Iterator
 
 import jax
 import numpy as np
 
 _ERROR_KEY = "gpt1_jax/error"
-# How long a process that failed waits for the others to see its message (they exit
-# within a fraction of a second of reading it) before it exits itself.
+# How long process 0, when it is the one that failed, keeps the coordination service up
+# for the others to read its message (they exit within milliseconds of reading it).
 _ERROR_GRACE_SECS = 2.0
+_COORDINATOR_LINGER_SECS = 1.0
+_ERROR_POLL_SECS = 0.2
+_watcher: threading.Thread | None = None
 
 
 def initialize(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
@@ -43,8 +48,12 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
         kwargs["local_device_ids"] = [int(i) for i in local_device_ids.split(",")]
     jax.distributed.initialize(**kwargs)
     if jax.process_count() > 1:
-        threading.Thread(target=_watch_for_errors, name="gpt1_jax-error-watcher",
-                         daemon=True).start()
+        global _watcher
+        _watcher = threading.Thread(target=_watch_for_errors, name="gpt1_jax-error-watcher",
+                                    daemon=True)
+        _watcher.start()
+        # atexit runs last-registered first: the watcher stops before JAX's own shutdown.
+        atexit.register(_stop_watching)
 
 
 def is_multiprocess() -> bool:
@@ -96,31 +105,45 @@ def main_first(name: str) -> Iterator[bool]:
 
 
 def report_error(message: str) -> None:
-    """Posts this process's error for the others (they print it and exit 1); then waits a
-    moment so that they see it before this process's exit tears the connection down."""
+    """Posts this process's error for the others: they print it and exit 1. Process 0 runs
+    the coordination service, so it then waits a moment for them to read it before its own
+    exit takes the service down; any other process may exit at once."""
     if not is_multiprocess():
         return
-    import time
     try:
         _client().key_value_set(_ERROR_KEY, f"process {jax.process_index()}: {message}")
     except Exception:  # the coordinator may be the process that is gone; nothing to add
         return
-    time.sleep(_ERROR_GRACE_SECS)
+    if jax.process_index() == 0:
+        time.sleep(_ERROR_GRACE_SECS)
+
+
+_watcher_stop = threading.Event()
 
 
 def _watch_for_errors() -> None:
+    # Polls with a non-blocking read and waits in Python: a thread parked inside a blocking
+    # C++ call when the interpreter exits would abort the process.
     client = _client()
-    while True:
+    while not _watcher_stop.wait(_ERROR_POLL_SECS):
         try:
-            message = client.blocking_key_value_get(_ERROR_KEY, 3_600_000)
-        except Exception as e:  # a time-out: wait again; the runtime shutting down: stop
-            if "DEADLINE" in str(e).upper() or "TIMEOUT" in str(e).upper():
-                continue
+            message = client.key_value_try_get(_ERROR_KEY)
+        except Exception:  # not posted (NOT_FOUND), or the runtime is shutting down
+            continue
+        if message.startswith(f"process {jax.process_index()}:"):
             return
-        if not message.startswith(f"process {jax.process_index()}:"):
-            os.write(sys.stderr.fileno(), f"error: {message}\n".encode())
-            os._exit(1)
-        return
+        os.write(sys.stderr.fileno(), f"error: {message}\n".encode())
+        if jax.process_index() == 0:
+            # The failed process exits at once after posting; the coordination service
+            # (here) stays up a moment longer so that its exit is its own, not an abort.
+            time.sleep(_COORDINATOR_LINGER_SECS)
+        os._exit(1)
+
+
+def _stop_watching() -> None:
+    _watcher_stop.set()
+    if _watcher is not None:
+        _watcher.join(timeout=5)
 
 
 def exit_now(status: int) -> None:

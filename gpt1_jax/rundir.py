@@ -64,6 +64,21 @@ def path(p) -> epath.Path:
     return epath.Path(os.path.abspath(os.path.expanduser(text)))
 
 
+def list_names(directory) -> list[str]:
+    """The names directly under `directory` (local or gs://; [] when it does not exist),
+    listed afresh: gcsfs caches listings, and another process may have written since."""
+    directory = path(directory)
+    if not is_remote(directory):
+        return os.listdir(directory) if directory.is_dir() else []
+    import fsspec
+    fs, inner = fsspec.core.url_to_fs(os.fspath(directory))
+    try:
+        entries = fs.ls(inner, detail=False, refresh=True)
+    except FileNotFoundError:
+        return []
+    return [entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries]
+
+
 def expand_patterns(patterns: str, what: str) -> list[epath.Path]:
     """Comma-separated paths or globs, local or gs://, -> the matching files, sorted per
     pattern. FileNotFoundError names `what` (the flag or config key) and the pattern."""

@@ -253,3 +253,7 @@ def plot(results: dict) -> bytes:
     png = rundir.render_png(fig)
     plt.close(fig)
     return png
+
+
+if __name__ == "__main__":  # the command line moved with the others into gpt1_jax/cli/
+    raise SystemExit("gpt1_jax.zero_shot is the library; its command line is: python -m gpt1_jax.cli.zero_shot ...")

@@ -27,7 +27,7 @@ python -m gpt1_jax.main --config=configs/demo.py --workdir="$root/pretrain" \
     --config.train.eval_every_steps=200 --config.train.eval_batches=10 \
     --config.checkpoint.every_steps=400 --config.checkpoint.max_to_keep=10
 
-python -m gpt1_jax.zero_shot --workdir="$root/pretrain" --glue_dir="$glue" \
+python -m gpt1_jax.cli.zero_shot --workdir="$root/pretrain" --glue_dir="$glue" \
     --story_cloze_dir="$story" --max_examples=500
 
 python "$here/sweep.py" --root="$root/sst2" --config=configs/finetune.py:sst2 \

@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+pytest_plugins = ["gcs"]  # the local GCS server fixtures (tests/gcs.py)
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The real task data (GLUE, Story Cloze) that may not be bundled: ../shared/data beside the
 # checkout, or wherever GPT1_JAX_SHARED_DATA points.

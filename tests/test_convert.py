@@ -190,7 +190,7 @@ def test_broken_inputs_name_the_file(hf_model, hf_dir, tmp_path):
 
 
 def test_command_line(hf_dir, tmp_path):
-    command = [sys.executable, "-m", "gpt1_jax.convert", "--from=hf", "--to=orbax", str(hf_dir),
+    command = [sys.executable, "-m", "gpt1_jax.cli.convert", "--from=hf", "--to=orbax", str(hf_dir),
                str(tmp_path / "export")]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

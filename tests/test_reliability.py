@@ -32,6 +32,7 @@ from gpt1_jax import config_files
 from gpt1_jax import trainer
 from gpt1_jax import workdir as workdir_lib
 
+from conftest import run_main
 from test_pretrain_job import TINY
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -468,9 +469,10 @@ def test_a_second_job_on_a_live_jobs_workdir_is_refused_naming_it(corpus, env, t
         assert f"pid {os.getpid()} " in (tmp_path / workdir_lib.LOCK_FILE).read_text()
 
 
-@pytest.mark.parametrize("job", ["run", "run_eval"])
-def test_fine_tuning_and_eval_jobs_take_the_lock_too(tmp_path, job):
-    from gpt1_jax.jobs import finetune
-    with workdir_lib.WorkdirLock(tmp_path):  # another open file: refused even in this process
-        with pytest.raises(workdir_lib.WorkdirLockedError, match=f"pid {os.getpid()} on"):
-            getattr(finetune, job)(None, tmp_path)
+@pytest.mark.parametrize("mode", ["finetune", "eval"])
+def test_fine_tuning_and_eval_jobs_take_the_lock_too(tmp_path, mode):
+    with workdir_lib.WorkdirLock(tmp_path):  # held by this process: the job must be refused
+        result = run_main("--config=configs/finetune.py:sst2", f"--workdir={tmp_path}",
+                          f"--config.mode={mode}", expect_ok=False)
+    assert result.returncode == 1
+    assert f"error: workdir {tmp_path} is in use by another job (pid {os.getpid()} on" in result.stderr

@@ -80,7 +80,8 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
         raise ConfigError("fine-tuning without init_from needs data.tokenizer='gpt1_bpe'")
     if base_cfg.n_special not in (0, N_SPECIAL):
         raise ConfigError(f"init_from {config.init_from} has n_special={base_cfg.n_special}")
-    mcfg = dataclasses.replace(base_cfg, n_special=N_SPECIAL, vocab_size=base_cfg.vocab_size)
+    # The task model is per-layer (transplant and exports name blocks h_0, h_1, ...).
+    mcfg = dataclasses.replace(base_cfg, n_special=N_SPECIAL, scan_layers=False)
     if pretrained is not None and tokenizer.vocab_size != mcfg.vocab_size:
         raise checkpoint_lib.CheckpointError(
             f"init_from {pretrained.path} records vocab_size={mcfg.vocab_size} but its tokenizer "
@@ -117,6 +118,8 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
         body = model_lib.GPT1(base_cfg)
         target = trainer.with_shardings(*_abstract_and_shardings(body, mesh, settings.sharding_rules(config)))
         pretrained_params = pretrained.load_params(target)
+        if base_cfg.scan_layers:  # a training checkpoint of a scanned run
+            pretrained_params = jax.jit(model_lib.per_layer_params)(pretrained_params)
         fresh = jax.jit(lambda r: nn.meta.unbox(init_params(r)),
                         out_shardings=shardings.params)(jax.random.key(config.seed))
         return transplant(pretrained_params, fresh, config.finetune.transfer_layers)

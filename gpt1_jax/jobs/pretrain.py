@@ -119,10 +119,13 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
         mcfg.n_layer, mcfg.d_model, mcfg.d_ff, mcfg.embedding_rows, seq_len) * batch_size * seq_len
     peak = reporting.peak_flops_per_device(config.train.peak_flops_per_device) * jax.device_count()
     writer = reporting.MetricsWriter(workdir, resume_step=run_.resumed_from)
-    initial_eval = None
     if int(state.step) == 0:
+        # Into the summary at once: a run killed before its end keeps its step-0 figures.
         initial_eval = evaluate(state.params)
         writer.write(0, {f"val_{k}": v for k, v in initial_eval.items()})
+        rundir.update_summary(workdir, {"initial_val_loss": initial_eval["loss"],
+                                        "initial_val_perplexity": initial_eval["perplexity"]},
+                              write=is_main)
     if is_main:
         print(f"GPT-1: {num_params:,} parameters; corpus {cache.description}: "
               f"{len(train_tokens):,} train / {len(val_tokens):,} validation tokens; "
@@ -147,12 +150,14 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
               "val_perplexity": last.get("val_perplexity"),
               "tokens_per_sec": last.get("tokens_per_sec"), "mfu": last.get("mfu"),
               "seconds_this_run": round(time.time() - started, 1)}
-    if initial_eval is not None:
-        values.update(initial_val_loss=initial_eval["loss"],
-                      initial_val_perplexity=initial_eval["perplexity"])
     summary = rundir.update_summary(workdir, values, write=is_main)
     if final_step >= num_steps:
-        checkpoint_lib.save_params(workdir / rundir.EXPORT, state.params, dataclasses.asdict(mcfg))
+        # Exports keep the per-layer layout (h_0, h_1, ...) whatever the run trained with.
+        params = state.params
+        if mcfg.scan_layers:
+            params = jax.jit(model_lib.per_layer_params)(params)
+        checkpoint_lib.save_params(workdir / rundir.EXPORT, params,
+                                   dataclasses.asdict(dataclasses.replace(mcfg, scan_layers=False)))
         if is_main:
             rundir.save_tokenizer(tokenizer, workdir / rundir.EXPORT / rundir.TOKENIZER)
     return summary
