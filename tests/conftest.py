@@ -59,7 +59,7 @@ def pretrained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pretrain")
     corpus = workdir / "book.txt"
     corpus.write_text(assets.book_files()[1].read_text(encoding="utf-8")[:30_000], encoding="utf-8")
-    run_main("--config=configs/demo.py", f"--workdir={workdir}", *TINY_MODEL,
+    run_main("--config=configs/tiny.py", f"--workdir={workdir}", *TINY_MODEL,
              "--config.train.num_steps=3", "--config.train.batch_size=4",
              "--config.train.eval_batches=1", "--config.checkpoint.every_steps=1",
              "--config.data.val_fraction=0.1", f"--config.data.text_files={corpus}",

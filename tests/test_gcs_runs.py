@@ -28,7 +28,7 @@ COMMON = [*jobs.TINY_MODEL, f"--config.train.num_steps={STOP}", "--config.train.
 
 
 def pretrain_argv(workdir, corpus, cache_dir, *overrides):
-    return jobs.argv("configs/demo.py", workdir, *COMMON, f"--config.data.text_files={corpus}",
+    return jobs.argv("configs/tiny.py", workdir, *COMMON, f"--config.data.text_files={corpus}",
                      f"--config.data.cache_dir={cache_dir}", *overrides)
 
 

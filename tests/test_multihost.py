@@ -23,7 +23,7 @@ from gpt1_jax import model as model_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = [
-    "--config=configs/demo.py",
+    "--config=configs/tiny.py",
     "--config.model.n_ctx=16", "--config.model.n_layer=2", "--config.model.n_head=2",
     "--config.model.d_model=32", "--config.model.d_ff=64",
     "--config.train.batch_size=8", "--config.train.log_every_steps=1",

@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 
 def _argv(corpus, workdir, *overrides):
-    return jobs.argv("configs/demo.py", workdir, *SMALL, f"--config.data.text_files={corpus / 'book.txt'}",
+    return jobs.argv("configs/tiny.py", workdir, *SMALL, f"--config.data.text_files={corpus / 'book.txt'}",
                      f"--config.data.cache_dir={corpus / 'cache'}", *overrides)
 
 

@@ -27,7 +27,7 @@ TINY = [
 
 
 def job_args(corpus, workdir, *overrides):
-    return [sys.executable, "-m", "gpt1_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
+    return [sys.executable, "-m", "gpt1_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
             *TINY, f"--config.data.text_files={corpus / 'book.txt'}",
             f"--config.data.cache_dir={corpus / 'cache'}", *overrides]
 

@@ -52,7 +52,7 @@ def env(tmp_path_factory):
 
 
 def job_args(corpus, workdir, *overrides, cache_dir=None):
-    return [sys.executable, "-m", "gpt1_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",
+    return [sys.executable, "-m", "gpt1_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
             *TINY, *STEPS, f"--config.data.text_files={corpus / 'book.txt'}",
             f"--config.data.cache_dir={cache_dir or corpus / 'cache'}", *overrides]
 
@@ -402,7 +402,7 @@ def test_bad_data_files_are_named_and_change_no_checkpoint(trained, tmp_path, co
     workdir = copy_of(trained, tmp_path)
     text_file = tmp_path / "data.txt"
     text_file.write_bytes(content)
-    config = load_config("demo.py")
+    config = load_config("tiny.py")
     config.model.n_ctx = 16
     config.data.update(text_files=str(text_file), cache_dir=str(tmp_path / "cache"))
     before = snapshot(workdir / "checkpoints")
@@ -415,7 +415,7 @@ def test_bad_data_files_are_named_and_change_no_checkpoint(trained, tmp_path, co
 def test_a_workdir_that_cannot_be_written_is_refused_before_anything_else(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")  # root can write anywhere, but not under a file
-    result = run_main("--config=configs/demo.py", f"--workdir={blocker / 'run'}", expect_ok=False)
+    result = run_main("--config=configs/tiny.py", f"--workdir={blocker / 'run'}", expect_ok=False)
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"error: workdir {blocker / 'run'} is not writable")
 
