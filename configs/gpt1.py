@@ -62,6 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
         grace_period_secs=25.0,      # after SIGTERM/SIGINT: commit a checkpoint, else exit 1 (0: no limit);
                                      # under GCE spot's 30 s notice, set with SLURM's --signal lead
         peak_flops_per_device=0.0,   # 0: look up the device kind (reporting.py)
+        sample_prompt="It was a dark and stormy night, and",  # continued at the end of pre-training
+        sample_tokens=64,            # tokens of each continuation (greedy, sampled); 0: none
         progress=True,
     ))
 

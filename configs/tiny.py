@@ -15,7 +15,7 @@ def get_config():
     config = config_files.load(pathlib.Path(__file__).with_name("gpt1.py"))  # the paper's
     config.model.update(n_ctx=64, n_layer=1, n_head=2, d_model=32, d_ff=128)
     config.train.update(batch_size=4, num_steps=20, log_every_steps=5, eval_every_steps=10,
-                        eval_batches=2)
+                        eval_batches=2, sample_tokens=8)
     config.optimizer.update(learning_rate=1e-3, warmup_steps=5)
     config.checkpoint.update(every_steps=10)
     return config

@@ -21,6 +21,7 @@ from gpt1_jax import heads
 from gpt1_jax import loading
 from gpt1_jax import model as model_lib
 from gpt1_jax import optim
+from gpt1_jax import plots
 from gpt1_jax import reporting
 from gpt1_jax import rundir
 from gpt1_jax import settings
@@ -169,6 +170,12 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
             rundir.save_tokenizer(tokenizer, export / rundir.TOKENIZER)
             rundir.write_json(export / rundir.EXPORT_TASK_JSON, {"task": spec.name, "max_len": data.max_len})
         summary["eval"] = evaluate.evaluate_splits(model, state.params, data, batch_size, workdir)
+    if is_main:  # the loss over the steps, and the task metrics reached at the end
+        final = {"step": int(state.step), **{f"{split} {name}": value for split, results
+                                             in summary.get("eval", {}).items()
+                                             for name, value in results.items()}}
+        rundir.write_bytes(workdir / rundir.CURVES, plots.render_finetune_curves(
+            [*writer.rows(), final], [k for k in final if k != "step"], title=f"Fine-tuning on {spec.name}"))
     summary = rundir.update_summary(workdir, summary, write=is_main)
     if is_main and "eval" in summary:
         print(json.dumps(summary["eval"]))

@@ -15,9 +15,11 @@ import ml_collections
 import numpy as np
 
 from gpt1_jax import checkpoint as checkpoint_lib
+from gpt1_jax import demo_text
 from gpt1_jax import distributed
 from gpt1_jax import model as model_lib
 from gpt1_jax import optim
+from gpt1_jax import plots
 from gpt1_jax import reporting
 from gpt1_jax import rundir
 from gpt1_jax import settings
@@ -25,6 +27,7 @@ from gpt1_jax import sharding as sharding_lib
 from gpt1_jax import tokenizers
 from gpt1_jax import trainer
 from gpt1_jax.data import corpus as corpus_lib
+from gpt1_jax.data import reference as reference_lib
 from gpt1_jax.errors import ConfigError
 
 
@@ -84,6 +87,11 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
             f"{batch_size} windows of {seq_len + 1} tokens; raise data.val_fraction or use a larger corpus")
     num_steps = config.train.num_steps or config.train.num_epochs * corpus_lib.steps_per_epoch(
         len(train_tokens), seq_len, batch_size)
+    # What the loss must beat: the validation split under the training split's unigram and
+    # count-bigram statistics (computed once per corpus, tokenizer and split; cached).
+    reference = reference_lib.reference_levels(
+        train_tokens, val_tokens, tokenizer.vocab_size,
+        cache_file=reference_lib.reference_cache_file(cache.path, train_tokens, val_tokens))
 
     # Model and optimizer.
     mcfg = settings.model_config(config, tokenizer.vocab_size)
@@ -130,6 +138,14 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
         print(f"GPT-1: {num_params:,} parameters; corpus {cache.description}: "
               f"{len(train_tokens):,} train / {len(val_tokens):,} validation tokens; "
               f"{num_steps:,} steps of {batch_size} x {seq_len} tokens on mesh {dict(run_.mesh.shape)}")
+        print(f"Reference levels (validation loss, nats/token): unigram {reference['unigram_loss']:.3f}, "
+              f"count-bigram {reference['bigram_loss']:.3f}")
+
+    def on_eval(step: int, metrics: dict) -> None:
+        if is_main:  # the picture, redrawn at every evaluation
+            rundir.write_bytes(workdir / rundir.CURVES, plots.render_training_curves(writer.rows(), reference))
+            print(f"step {step}: validation loss {metrics['val_loss']:.3f} (unigram "
+                  f"{reference['unigram_loss']:.3f}, bigram {reference['bigram_loss']:.3f})", flush=True)
     save_meta = {"config": config.to_dict(), "model": dataclasses.asdict(mcfg), "num_steps": num_steps,
                  "tokenizer_fingerprint": tokenizer.fingerprint()}
     loop_cfg = settings.loop_config(config, num_steps, tokens_per_step=batch_size * seq_len,
@@ -138,7 +154,7 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
     try:
         state, last = trainer.train_loop(state, run_.train_step, batches,
                                          lambda ids: to_global(train_tokens, ids), loop_cfg, writer,
-                                         run_.checkpointer, save_meta, evaluate, stop)
+                                         run_.checkpointer, save_meta, evaluate, stop, on_eval)
     finally:
         writer.close()
         run_.checkpointer.close()
@@ -149,7 +165,11 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
               "train_loss": last.get("loss"), "val_loss": last.get("val_loss"),
               "val_perplexity": last.get("val_perplexity"),
               "tokens_per_sec": last.get("tokens_per_sec"), "mfu": last.get("mfu"),
-              "seconds_this_run": round(time.time() - started, 1)}
+              "seconds_this_run": round(time.time() - started, 1), "reference": reference}
+    if last.get("val_loss") is not None:
+        values["train_val_gap"] = last["val_loss"] - last["loss"]
+    if final_step >= num_steps and config.train.sample_tokens > 0:
+        values["sample"] = _continuations(mcfg, state.params, tokenizer, config)
     summary = rundir.update_summary(workdir, values, write=is_main)
     if final_step >= num_steps:
         # Exports keep the per-layer layout (h_0, h_1, ...) whatever the run trained with.
@@ -161,3 +181,16 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
         if is_main:
             rundir.save_tokenizer(tokenizer, workdir / rundir.EXPORT / rundir.TOKENIZER)
     return summary
+
+
+def _continuations(mcfg, params, tokenizer, config) -> dict:
+    """A greedy and a sampled continuation of `train.sample_prompt`, printed and returned."""
+    from jax.experimental import multihost_utils
+    if not all(x.is_fully_addressable for x in jax.tree_util.tree_leaves(params)):
+        params = multihost_utils.process_allgather(params, tiled=True)  # onto every host
+    prompt = config.train.sample_prompt
+    texts = demo_text.continuations(mcfg, params, tokenizer, prompt,
+                                    max_new_tokens=config.train.sample_tokens, seed=config.seed)
+    if jax.process_index() == 0:
+        print(f"greedy:  {prompt}{texts['greedy']}\nsampled: {prompt}{texts['sampled']}", flush=True)
+    return {"prompt": prompt, **texts}
