@@ -10,16 +10,19 @@ as `python -m gpt1_jax.main --config=... --workdir=ROOT/<name> --config.KEY=VALU
 <name> spells out the grid values. A run whose workdir already has a summary with an
 `eval` entry is skipped, so an interrupted sweep continues where it stopped. At the end
 (or with `--gather` alone) every `ROOT/*/summary.json` becomes one row of
-`ROOT/results.md` and `ROOT/results.csv`. `--dry_run` prints the commands only.
+`ROOT/results.md` and `ROOT/results.csv`. `--dry_run` prints the commands only. ROOT may
+be local or gs://.
 """
 import argparse
 import csv
+import io
 import itertools
-import json
 import pathlib
 import re
 import subprocess
 import sys
+
+from gpt1_jax import rundir
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -43,13 +46,13 @@ def run_name(assignment: dict[str, str]) -> str:
     return re.sub(r"[^A-Za-z0-9=._-]+", "-", "_".join(parts)) or "run"
 
 
-def commands(config: str, root: pathlib.Path, grid, fixed: list[str]):
+def commands(config: str, root, grid, fixed: list[str]):
     """(name, workdir, argv) of every combination."""
     keys = [k for k, _ in grid]
     for values in itertools.product(*(v for _, v in grid)):
         assignment = dict(zip(keys, values))
         name = run_name(assignment)
-        workdir = root / name
+        workdir = rundir.path(root) / name
         argv = [sys.executable, "-m", "gpt1_jax.main", f"--config={config}", f"--workdir={workdir}"]
         argv += [f"--config.{k}={v}" for k, v in assignment.items()]
         argv += [f"--config.{item}" for item in fixed]
@@ -64,33 +67,37 @@ def _flatten(prefix: str, value, out: dict) -> None:
         out[prefix] = value
 
 
-def gather(root: pathlib.Path) -> list[dict]:
+def gather(root) -> list[dict]:
     """One flat row per `ROOT/*/summary.json` (nested keys joined with '.')."""
     rows = []
-    for path in sorted(root.glob("*/summary.json")):
-        row = {"run": path.parent.name}
-        _flatten("", json.loads(path.read_text()), row)
-        rows.append(row)
+    for name in sorted(rundir.list_names(root)):
+        path = rundir.path(root) / name / rundir.SUMMARY
+        if path.exists():
+            row = {"run": name}
+            _flatten("", rundir.read_json(path), row)
+            rows.append(row)
     return rows
 
 
-def write_tables(rows: list[dict], root: pathlib.Path) -> None:
+def write_tables(rows: list[dict], root) -> None:
+    root = rundir.path(root)
     columns = ["run"] + sorted({k for row in rows for k in row} - {"run"})
-    with open(root / "results.csv", "w", newline="") as f:
+    with io.StringIO(newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+        rundir.write_text(root / "results.csv", f.getvalue())
 
     def cell(value):
         return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-    (root / "results.md").write_text("\n".join(lines) + "\n")
+    rundir.write_text(root / "results.md", "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, type=pathlib.Path)
+    parser.add_argument("--root", required=True, type=rundir.path, help="local or gs://")
     parser.add_argument("--config", help="the config file (with :ARG), as for gpt1_jax.main")
     parser.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (repeatable)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run")
@@ -102,10 +109,9 @@ def main(argv=None) -> int:
     if not args.gather:
         if not args.config:
             parser.error("--config is required unless --gather")
-        args.root.mkdir(parents=True, exist_ok=True)
         for name, workdir, cmd in commands(args.config, args.root, parse_grid(args.grid), args.set):
-            summary = workdir / "summary.json"
-            if summary.exists() and "eval" in json.loads(summary.read_text()):
+            summary = workdir / rundir.SUMMARY
+            if summary.exists() and "eval" in rundir.read_json(summary):
                 print(f"[sweep] {name}: done already")
                 continue
             print(f"[sweep] {name}: {' '.join(cmd[1:])}", flush=True)
