@@ -36,6 +36,7 @@ timing is unaffected) and prints the time per part of the model (profiling.py): 
 vocabulary projection, the MLP and attention matmuls, softmax, LayerNorm, dropout, the
 optimizer. `--attention_block=0` measures full T x T attention instead of the block-causal one.
 """
+import importlib.metadata
 import json
 import os
 import pathlib
@@ -164,7 +165,10 @@ def project_session(shape: dict, batch: int) -> Session:
                 "device_kind": f"{device.platform} {device.device_kind}",
                 "loss": float(holder["metrics"]["loss"]),
                 "num_params": model_lib.count_params(holder["state"].params), "batch_size": batch,
-                "peak_flops": reporting.peak_flops_per_device(device=device)}
+                "peak_flops": reporting.peak_flops_per_device(device=device),
+                "runtime": {"jax": jax.__version__, "jaxlib": importlib.metadata.version("jaxlib"),
+                            "backend": jax.default_backend(),
+                            "xla_flags": os.environ.get("XLA_FLAGS", "")}}
 
     return Session(batch, run_step, jax.block_until_ready, report)
 
@@ -237,7 +241,12 @@ def hf_session(shape: dict, batch: int) -> Session:
         kind = f"gpu {torch.cuda.get_device_name()}" if cuda else "cpu"
         return {"peak_memory_bytes": int(peak), "baseline_memory_bytes": baseline,
                 "device_kind": kind, "loss": float(holder["loss"]), "batch_size": batch,
-                "num_params": sum(p.numel() for p in model.parameters())}
+                "num_params": sum(p.numel() for p in model.parameters()),
+                "runtime": {"torch": torch.__version__, "transformers": transformers.__version__,
+                            "mkl": torch.backends.mkl.is_available(),
+                            "mkldnn": torch.backends.mkldnn.is_available(),
+                            "torch_threads": torch.get_num_threads(),
+                            "interop_threads": torch.get_num_interop_threads()}}
 
     return Session(batch, run_step, wait, report)
 
@@ -320,6 +329,7 @@ def _summary(step_times: list[float], report: dict, tokens_per_step: int,
         "device_kind": report["device_kind"],
         "num_params": report["num_params"],
         "final_loss": report["loss"],
+        "runtime": report.get("runtime", {}),
     }
 
 
@@ -362,6 +372,7 @@ def benchmark() -> dict:
                                       shape["vocab_size"], shape["n_ctx"])
     peak = reports["project"]["peak_flops"]
     result = {
+        "machine": machine_description(),
         "shape": _SHAPE.value,
         **{k: v for k, v in shape.items() if not k.startswith("batch_")},
         "batch_size": batch,
@@ -386,6 +397,26 @@ def benchmark() -> dict:
         result["ratio_per_turn"] = [r / p for p, r in zip(turn_medians["project"], turn_medians["hf"])]
         result["memory_ratio"] = result["peak_memory_bytes"] / reference["peak_memory_bytes"]
     return result
+
+
+def machine_description() -> dict:
+    """What a CPU ratio depends on and a reader needs to compare runs across machines: the
+    CPU model and its vector extensions, cores, and the load while the bench ran."""
+    info = {"cpu_model": "", "cpu_flags": [], "cpus": os.cpu_count(),
+            "load_average_1m": round(os.getloadavg()[0], 2)}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not info["cpu_model"]:
+            info["cpu_model"] = value.strip()
+        elif key.strip() == "flags" and not info["cpu_flags"]:
+            wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+            info["cpu_flags"] = [f for f in value.split() if f in wanted]
+    return info
 
 
 def main(argv) -> None:
