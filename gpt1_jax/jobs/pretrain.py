@@ -166,8 +166,10 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
               "val_perplexity": last.get("val_perplexity"),
               "tokens_per_sec": last.get("tokens_per_sec"), "mfu": last.get("mfu"),
               "seconds_this_run": round(time.time() - started, 1), "reference": reference}
-    if last.get("val_loss") is not None:
-        values["train_val_gap"] = last["val_loss"] - last["loss"]
+    recent = [r["loss"] for r in writer.rows() if "loss" in r][-10:]
+    if last.get("val_loss") is not None and recent:
+        # Against the mean of the last logged train losses: one batch's loss is too noisy.
+        values["train_val_gap"] = last["val_loss"] - float(np.mean(recent))
     if final_step >= num_steps and config.train.sample_tokens > 0:
         values["sample"] = _continuations(mcfg, state.params, tokenizer, config)
     summary = rundir.update_summary(workdir, values, write=is_main)
