@@ -3,30 +3,40 @@
 #
 #   launch/aot_table.sh [OUT_DIR] [docs/aot.md]
 #   CONFIGS="gpt1 gpt2_medium" TOPOLOGIES="v5e-8" launch/aot_table.sh   # a smaller grid
+#   RENDER_ONLY=1 launch/aot_table.sh OUT_DIR   # only rewrite the table from the reports there
+#   TOPOLOGIES="h200" PYTHONPATH=/path/to/cuda_plugin launch/aot_table.sh   # 8 GPUs, one host
 #
 # Per (config, target): the largest power-of-2 global batch that fits with remat=none, and the
 # cheapest remat (none < dots < block) that fits the config's own batch, each with its per-chip
 # memory and collectives. Every compile uses model.scan_layers=True (same memory and collectives
-# as the unrolled blocks, a fraction of the compile time). Reports land in OUT_DIR as JSON; a
-# rerun reuses them, so an interrupted table resumes where it stopped.
+# as the unrolled blocks, a fraction of the compile time) and --effort=auto (EFFORT=full for the
+# job's exact plans everywhere): a fit is judged on the fast compile's plan, an upper estimate,
+# and every "does not fit" on the full compile. The eval step is not compiled. Reports land in
+# OUT_DIR as JSON; a rerun reuses them, so an interrupted table resumes where it stopped.
 set -euo pipefail
 OUT=${1:-aot_runs}
 DOC=${2:-docs/aot.md}
 CONFIGS=${CONFIGS:-"gpt1 gpt2_medium gpt2_large"}
 TOPOLOGIES=${TOPOLOGIES:-"v5e-8 v5p-8 v6e-8 v4-32"}
 PYTHON=${PYTHON:-python}
+EFFORT=${EFFORT:-auto}
 mkdir -p "$OUT"
 
 compile() {  # compile NAME CONFIG TOPOLOGY ARGS...: OUT/NAME.json; status 0 fits, 1 does not
   local name=$1 config=$2 topology=$3; shift 3
+  local gpus=()
+  [[ $topology == h* || $topology == a100* ]] && gpus=(--num_gpus=8)
   if [[ ! -s "$OUT/$name.json" ]]; then
-    "$PYTHON" -m gpt1_jax.aot --config="configs/$config.py" --topology="$topology" \
-      --config.model.scan_layers=True "$@" --out="$OUT/$name.json" >"$OUT/$name.log" 2>&1 || true
+    "$PYTHON" -m gpt1_jax.aot --config="configs/$config.py" --topology="$topology" "${gpus[@]}" \
+      --effort="$EFFORT" --eval_step=False --config.model.scan_layers=True "$@" \
+      --out="$OUT/$name.json.tmp" >"$OUT/$name.log" 2>&1 || true
+    [[ -s "$OUT/$name.json.tmp" ]] && mv "$OUT/$name.json.tmp" "$OUT/$name.json"
   fi
   [[ -s "$OUT/$name.json" ]] && "$PYTHON" -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["fits"] else 1)' "$OUT/$name.json"
 }
 
 for config in $CONFIGS; do
+  [[ -n ${RENDER_ONLY:-} ]] && break
   batch=$("$PYTHON" -c "from gpt1_jax import config_files; print(config_files.load('configs/$config.py').train.batch_size)")
   for topology in $TOPOLOGIES; do
     # The cheapest remat that fits the config's batch.
@@ -55,7 +65,7 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
 gib = lambda n: f"{n / 2**30:.1f}"
 def coll(r):
     return ", ".join(f"{k} {v['count']}x / {v['bytes'] / 2**20:,.0f} MiB" for k, v in sorted(r["collectives"].items())) or "none"
-rows = ["| config | target | mesh | largest batch, remat=none (GiB/chip) | config batch: cheapest remat (GiB/chip of HBM) | collectives per step and chip | compile s (CPU s) |",
+rows = ["| config | target | mesh | largest batch, remat=none (GiB/chip) | config batch: cheapest remat (GiB/chip of HBM) | collectives per step and chip | compile s (CPU s), plan |",
         "|---|---|---|---:|---|---|---:|"]
 for (config, topology), rs in sorted(runs.items()):
     fits_none = [(b, r) for m, b, r in rs if m == "none" and r["fits"]]
@@ -69,7 +79,7 @@ for (config, topology), rs in sorted(runs.items()):
     rows.append(f"| {config} | {topology} | {ref['mesh']} | "
                 + (f"{largest[0]} ({gib(largest[1]['per_chip_bytes']['total'])})" if largest else "none fits")
                 + f" | {ref['batch_size'] if cheapest else '-'}: " + (f"{cheapest[0]} ({gib(cheapest[1]['per_chip_bytes']['total'])} of {gib(cheapest[1]['hbm_bytes'])})" if cheapest else "does not fit")
-                + f" | {coll(ref)} | {ref['compile_seconds']:.0f} ({ref['compile_cpu_seconds']:.0f}) |")
+                + f" | {coll(ref)} | {ref['compile_seconds']:.0f} ({ref['compile_cpu_seconds']:.0f}), {ref.get('effort', 'full')} |")
 table = "\n".join(rows) + "\n"
 text = open(doc).read() if os.path.exists(doc) else ""
 begin, end = "<!-- aot_table begin -->", "<!-- aot_table end -->"

@@ -64,7 +64,7 @@ def test_topologies_have_one_device_per_chip(name, chips):
 def test_gpt1_fits_on_v5e_8():
     """The paper's model and batch (64 x 512 tokens), data-parallel over 8 v5e chips."""
     cfg = config(scan_layers=True)
-    result = aot.run(cfg, "v5e-8")
+    result = aot.run(cfg, "v5e-8", effort="full")
     memory = result["per_chip_bytes"]
     assert result["fits"] and memory["total"] < 16 * aot.GIB
     # Every chip holds the whole state: 116.5M float32 parameters and two Adam moments.
@@ -79,10 +79,11 @@ def test_too_big_exits_1_with_one_line(tmp_path):
     out = tmp_path / "aot.json"
     result = run_aot("--config=configs/gpt2_large.py", "--topology=v5e-1", "--config.train.batch_size=512",
                      "--config.mesh.fsdp=1", "--config.mesh.tensor=1", "--config.model.scan_layers=True",
-                     f"--out={out}")
+                     "--effort=fast", f"--out={out}")
     assert result.returncode == 1, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("needs ") and "GiB per chip of 16 GiB on v5e-1; try --config.model.remat=block" in last
+    assert last.startswith("needs ") and ("GiB per chip of 16 GiB on v5e-1 (the fast compile's plan; "
+                                          "--effort=full for the job's); try --config.model.remat=block") in last
     report = json.loads(out.read_text())
     assert not report["fits"] and report["per_chip_bytes"]["total"] > 16 * aot.GIB
 
@@ -96,6 +97,33 @@ def test_fsdp_and_tensor_parallel_mesh_compiles_with_gathers_and_scatters():
     assert result["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
     kinds = result["collectives"]
     assert kinds["all-gather"]["count"] > 0 and kinds["reduce-scatter"]["count"] > 0, kinds
+
+
+@needs_libtpu
+def test_fast_effort_over_states_memory_and_says_so():
+    """--effort=fast (the compiler's lowest effort) plans at least the memory of the job's
+    own compile, and the report says which compile it comes from."""
+    cfg = config(**SMALL)
+    fast = aot.run(cfg, "v5e-8", effort="fast", eval_step=False)
+    full = aot.run(cfg, "v5e-8", effort="full", eval_step=False)
+    assert fast["compiler_options"] == {"exec_time_optimization_effort": -1.0} and full["compiler_options"] == {}
+    assert fast["per_chip_bytes"]["total"] >= full["per_chip_bytes"]["total"]
+    assert fast["per_chip_bytes"]["arguments"] == full["per_chip_bytes"]["arguments"]
+    assert set(fast["collectives"]) == set(full["collectives"])
+    assert fast["eval_per_chip_bytes"] is None
+    assert "upper estimate" in aot.format_report(fast) and "upper estimate" not in aot.format_report(full)
+
+
+@needs_libtpu
+def test_auto_effort_answers_no_fit_from_the_full_compile(monkeypatch):
+    """A fast plan that does not fit is not the answer: auto recompiles as the job does."""
+    monkeypatch.setitem(aot.TPU_GENERATIONS, "v5e", (2 ** 20, False))  # a 1 MiB chip
+    cfg = config(**SMALL)
+    cfg.train.batch_size = 8
+    result = aot.run(cfg, "v5e-1", effort="auto", eval_step=False)
+    assert result["effort"] == "full" and not result["fits"]
+    assert result["fast_attempt"]["per_chip_bytes"]["total"] > 2 ** 20
+    assert "did not fit; recompiled" in aot.format_report(result)
 
 
 def _normalized(spec: PartitionSpec) -> tuple:

@@ -80,6 +80,18 @@ GPU_TARGETS = {
 GPU_TARGET_DIR = pathlib.Path(__file__).resolve().parents[1] / "assets" / "gpu_targets"
 
 
+# Compiler effort. "full" is the job's own compile: the compiler's default options, so its memory
+# plan is the one the job will get. "fast" asks the compiler for its lowest optimisation effort
+# (XLA's exec_time_optimization_effort=-1, the same program as jax_optimization_level=O0): on
+# TPU it skips most of the scheduling and tuning work, about 9x less compile CPU for GPT-1,
+# but its schedule keeps more buffers alive at once, so its memory plan is larger than the
+# job's (GPT-1 on v5e-8: 9.71 vs 8.18 GiB temporaries). docs/aot.md has the measurements.
+EFFORTS = {
+    "full": {},
+    "fast": {"exec_time_optimization_effort": -1.0},
+}
+
+
 class CompilerMissing(UserError):
     """The target's compiler (libtpu, the CUDA plugin) is not installed here."""
 
@@ -167,9 +179,22 @@ class Steps:
     eval_compile_seconds: float
 
 
-def compile_steps(config, devices) -> Steps:
-    """Lowers and compiles the pre-training job's train and eval steps on `devices`, exactly
-    as the job builds them (model, optimizer, mesh, rules, microbatches), from abstract inputs."""
+@dataclasses.dataclass
+class Lowered:
+    """The job's train and eval steps lowered for the target's devices (not yet compiled)."""
+    train: Any
+    eval: Any
+    state: Any                # abstract TrainState with shardings
+    batch: Any
+    shardings: trainer.TrainState
+    mesh: Any
+    model_config: model_lib.ModelConfig
+    lower_seconds: float      # the train step's lowering, wall clock
+
+
+def lower_steps(config, devices, with_eval: bool = True) -> Lowered:
+    """Lowers the pre-training job's train (and eval) steps on `devices`, exactly as the job
+    builds them (model, optimizer, mesh, rules, microbatches), from abstract inputs."""
     # The config is read as the job reads it; trainer.setup_run itself would also create
     # the state, which abstract devices cannot hold, so its checks are repeated here.
     mcfg = settings.model_config(config, config.model.vocab_size)
@@ -194,20 +219,34 @@ def compile_steps(config, devices) -> Steps:
     eval_step = trainer.make_eval_step(loss_fn, shardings.params, batch_shard)
     state = trainer.with_shardings(abstract, shardings)
     batch = jax.ShapeDtypeStruct((batch_size, mcfg.n_ctx + 1), jnp.int32, sharding=batch_shard)
-
     started = time.perf_counter()
-    lowered = train_step.lower(state, batch)
+    train = train_step.lower(state, batch)
+    lower_seconds = time.perf_counter() - started
+    evaluate = eval_step.lower(state.params, batch) if with_eval else None
+    return Lowered(train=train, eval=evaluate, state=state, batch=batch, shardings=shardings,
+                   mesh=mesh, model_config=mcfg, lower_seconds=lower_seconds)
+
+
+def compile_steps(config, devices, compiler_options: dict | None = None,
+                  with_eval: bool = True) -> Steps:
+    """Lowers and compiles the pre-training job's train and eval steps on `devices`
+    (see `lower_steps`); `compiler_options` go to both compiles."""
+    return compile_lowered(lower_steps(config, devices, with_eval), compiler_options)
+
+
+def compile_lowered(lowered: Lowered, compiler_options: dict | None = None) -> Steps:
+    """Compiles lowered steps; `compiler_options` go to both compiles."""
     lowered_at, cpu_at = time.perf_counter(), time.process_time()
-    train, out_of_memory = _compile(lowered)
+    train, out_of_memory = _compile(lowered.train, compiler_options)
     compiled_at, compile_cpu = time.perf_counter(), time.process_time() - cpu_at
     evaluate = None
-    if out_of_memory is None:
-        evaluate, _ = _compile(eval_step.lower(state.params, batch))
-    else:
-        out_of_memory["arguments"] = _bytes_per_chip((state, batch))
-    return Steps(train=train, eval=evaluate, out_of_memory=out_of_memory, shardings=shardings,
-                 mesh=mesh, model_config=mcfg,
-                 lower_seconds=lowered_at - started, compile_seconds=compiled_at - lowered_at,
+    if out_of_memory is None and lowered.eval is not None:
+        evaluate, _ = _compile(lowered.eval, compiler_options)
+    elif out_of_memory is not None:
+        out_of_memory["arguments"] = _bytes_per_chip((lowered.state, lowered.batch))
+    return Steps(train=train, eval=evaluate, out_of_memory=out_of_memory,
+                 shardings=lowered.shardings, mesh=lowered.mesh, model_config=lowered.model_config,
+                 lower_seconds=lowered.lower_seconds, compile_seconds=compiled_at - lowered_at,
                  compile_cpu_seconds=compile_cpu,
                  eval_compile_seconds=time.perf_counter() - compiled_at)
 
@@ -216,11 +255,11 @@ _SIZE = r"([\d.]+)([KMGT]?)"
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 
 
-def _compile(lowered) -> tuple[Any, dict | None]:
+def _compile(lowered, compiler_options: dict | None = None) -> tuple[Any, dict | None]:
     """(compiled, None), or (None, what the compiler said) when the program cannot fit: a
     TPU compiler refuses to build it at all, reporting the memory it would need."""
     try:
-        return lowered.compile(), None
+        return lowered.compile(compiler_options=compiler_options or None), None
     except jax.errors.JaxRuntimeError as e:
         message = str(e)
         if "RESOURCE_EXHAUSTED" not in message:
@@ -402,7 +441,7 @@ def collectives_per_step(hlo_text: str) -> dict:
 NEXT_REMAT = {"none": "dots", "dots": "block"}
 
 
-def report(config, target: Target, steps: Steps, argv: list[str]) -> dict:
+def report(config, target: Target, steps: Steps, argv: list[str], effort: str = "full") -> dict:
     mcfg = steps.model_config
     memory = per_chip_bytes(steps.train, steps.out_of_memory)
     eval_memory = per_chip_bytes(steps.eval) if steps.eval is not None else None
@@ -427,6 +466,8 @@ def report(config, target: Target, steps: Steps, argv: list[str]) -> dict:
         "model_flops_per_step": model_flops,
         "collectives": collectives_per_step(steps.train.as_text()) if steps.train is not None else {},
         "compiler_refused": (steps.out_of_memory or {}).get("message"),
+        "effort": effort,
+        "compiler_options": EFFORTS[effort],
         "lower_seconds": round(steps.lower_seconds, 2),
         "compile_seconds": round(steps.compile_seconds, 2),
         "compile_cpu_seconds": round(steps.compile_cpu_seconds, 2),
@@ -456,9 +497,17 @@ def format_report(result: dict) -> str:
          f"outputs {_gib(memory['outputs'])} of which {_gib(memory['aliased'])} reuse the donated state)"),
         f"flops per step: compiler {result['flops_per_step']:.3e}, model {result['model_flops_per_step']:.3e}",
         f"collectives per step and chip: {collectives or 'none'}",
-        (f"compile: {result['compile_seconds']:.1f} s train step ({result['compile_cpu_seconds']:.1f} s "
-         f"CPU; lowering {result['lower_seconds']:.1f} s), {result['eval_compile_seconds']:.1f} s eval step"),
+        (f"compile ({result['effort']}): {result['compile_seconds']:.1f} s train step "
+         f"({result['compile_cpu_seconds']:.1f} s CPU; lowering {result['lower_seconds']:.1f} s)"
+         + (f", {result['eval_compile_seconds']:.1f} s eval step" if result["eval_per_chip_bytes"] else "")),
     ]
+    if result["effort"] != "full":
+        lines.insert(2, "memory plan of the fast compile: an upper estimate of the job's "
+                        "(--effort=full compiles exactly as the job does)")
+    if result.get("fast_attempt"):
+        fast = result["fast_attempt"]
+        lines.insert(2, (f"the fast compile's plan ({_gib(fast['per_chip_bytes']['total'])} per chip) did not fit; "
+                         f"recompiled as the job compiles ({fast['compile_seconds']:.1f} s fast + this)"))
     if result["compiler_refused"]:
         lines.insert(2, f"the compiler refused the program: {result['compiler_refused']}")
     return "\n".join(lines)
@@ -469,7 +518,8 @@ def does_not_fit_line(result: dict, config) -> str:
     remat = config.model.remat
     hint = (f"try --config.model.remat={NEXT_REMAT[remat]}" if remat in NEXT_REMAT
             else f"try --config.train.microbatches={config.train.microbatches * 2}")
-    return (f"needs {need / GIB:.1f} GiB per chip of {have / GIB:.0f} GiB on {result['topology']}; "
+    plan = " (the fast compile's plan; --effort=full for the job's)" if result.get("effort") == "fast" else ""
+    return (f"needs {need / GIB:.1f} GiB per chip of {have / GIB:.0f} GiB on {result['topology']}{plan}; "
             f"{hint} or a larger slice")
 
 
@@ -486,15 +536,30 @@ def _define_flags():
     flags.DEFINE_integer("num_gpus", 1, "GPUs per host (GPU targets).")
     flags.DEFINE_integer("num_hosts", 1, "Hosts (GPU targets).")
     flags.DEFINE_string("out", None, "Also write the report as JSON here.")
+    flags.DEFINE_enum("effort", "auto", [*EFFORTS, "auto"],
+                      "fast: the compiler's lowest effort (minutes less; its memory plan is an upper "
+                      "estimate of the job's); full: the job's own compile (the exact plan); auto: "
+                      "fast, and full when the fast plan does not fit.")
+    flags.DEFINE_boolean("eval_step", True, "Also compile the eval step (forward only).")
     flags.mark_flags_as_required(["config", "topology"])
 
 
 def run(config, topology: str, num_slices: int = 1, num_gpus: int = 1, num_hosts: int = 1,
-        argv: list[str] | None = None) -> dict:
+        argv: list[str] | None = None, effort: str = "auto", eval_step: bool = True) -> dict:
     """Compiles for `topology` and returns the report (see the module docstring)."""
+    if effort not in (*EFFORTS, "auto"):
+        raise ConfigError(f"effort={effort!r}; expected one of {[*EFFORTS, 'auto']}")
     target = resolve_target(topology, num_slices, num_gpus, num_hosts)
-    steps = compile_steps(config, target.devices)
-    return report(config, target, steps, list(argv or []))
+    lowered = lower_steps(config, target.devices, eval_step)
+    first = "fast" if effort == "auto" else effort
+    result = report(config, target, compile_lowered(lowered, EFFORTS[first]), list(argv or []), first)
+    if effort == "auto" and not result["fits"]:
+        # The fast plan over-states memory: a program it does not fit may still fit as the job
+        # compiles it, so the answer "does not fit" always comes from the full compile.
+        fast = {k: result[k] for k in ("per_chip_bytes", "compile_seconds", "compile_cpu_seconds")}
+        result = report(config, target, compile_lowered(lowered, EFFORTS["full"]), list(argv or []), "full")
+        result["fast_attempt"] = fast
+    return result
 
 
 def _main(argv) -> None:
@@ -503,7 +568,8 @@ def _main(argv) -> None:
     f = flags.FLAGS
     config = f.config
     try:
-        result = run(config, f.topology, f.num_slices, f.num_gpus, f.num_hosts, argv=sys.argv[1:])
+        result = run(config, f.topology, f.num_slices, f.num_gpus, f.num_hosts, argv=sys.argv[1:],
+                     effort=f.effort, eval_step=f.eval_step)
     except CompilerMissing as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
