@@ -146,3 +146,24 @@ def test_continuations_fit_the_context(params):
     assert len(texts["greedy"]) == 2  # 32 positions - 30 prompt tokens
     with pytest.raises(ValueError):
         demo_text.continuations(CFG, params, CharTokenizer(), "x" * 32)
+
+
+def test_a_pretraining_run_reports_its_reference_levels_picture_and_text(pretrained):
+    """The tiny pre-training of conftest: summary.json holds the reference levels of its own
+    train/validation split, curves.png is a PNG, and the end-of-run continuations are there."""
+    import matplotlib.image
+
+    from gpt1_jax import rundir
+    from gpt1_jax.data import corpus
+    summary = json.loads((pretrained / rundir.SUMMARY).read_text())
+    [cache_json] = [p for p in (pretrained / "cache").glob("*.json") if ".reference." not in p.name]
+    tokens = np.load(cache_json.with_suffix(".npy"))
+    train, val = corpus.split_train_val(tokens, 0.1, 64)
+    expected = reference.reference_levels(train, val, json.loads(cache_json.read_text())["vocab_size"])
+    assert summary["reference"]["unigram_loss"] == pytest.approx(expected["unigram_loss"], rel=1e-9)
+    assert summary["reference"]["bigram_loss"] == pytest.approx(expected["bigram_loss"], rel=1e-9)
+    assert summary["reference"]["bigram_loss"] < summary["reference"]["unigram_loss"]
+    png = (pretrained / rundir.CURVES).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.image.imread(io.BytesIO(png)).shape[:2] == (600, 1000)
+    assert set(summary["sample"]) == {"prompt", "greedy", "sampled"}
