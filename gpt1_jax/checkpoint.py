@@ -17,7 +17,7 @@ Restoring takes abstract targets (`jax.ShapeDtypeStruct` with shardings), so a
 checkpoint written on one mesh restores onto any other.
 """
 import contextlib
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -66,7 +66,7 @@ def _check_fits(path, target: Any, found: Any) -> None:
 class Checkpointer:
     """Saves and restores training checkpoints in `<workdir>/checkpoints`."""
 
-    def __init__(self, workdir, max_to_keep: Optional[int] = 3, async_save: bool = True):
+    def __init__(self, workdir, max_to_keep: int | None = 3, async_save: bool = True):
         self.directory = rundir.path(workdir) / CHECKPOINT_DIR
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -86,10 +86,10 @@ class Checkpointer:
                 "meta": ocp.JsonCheckpointHandler(),
             },
         )
-        self._writing: Optional[int] = None   # the step of the write in flight
+        self._writing: int | None = None   # the step of the write in flight
         self._failed = False
 
-    def latest_step(self) -> Optional[int]:
+    def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
     def all_steps(self) -> list[int]:

@@ -35,10 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import loading
+from gpt1_jax import loading, rundir, tokenizers
 from gpt1_jax import model as model_lib
-from gpt1_jax import rundir
-from gpt1_jax import tokenizers
 from gpt1_jax.errors import UserError
 
 OPENAI_SHAPES_FILE = "params_shapes.json"

@@ -7,7 +7,8 @@ The pre-training job calls this at its end, prints both and stores them in summa
 so a run shows what its loss means in words. Both are reproducible: greedy has no
 randomness and the sampled one draws from a fixed seed.
 """
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import jax
 

@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import numpy as np

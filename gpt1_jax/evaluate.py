@@ -5,8 +5,7 @@ import io
 import jax
 import numpy as np
 
-from gpt1_jax import metrics
-from gpt1_jax import rundir
+from gpt1_jax import metrics, rundir
 from gpt1_jax.data import task_data as task_data_lib
 
 

@@ -17,9 +17,9 @@ runs the same loop but recomputes the whole sequence at every step: the referenc
 the cached decoder must agree with, and the baseline of `bench_generate.py`.
 """
 import dataclasses
-import sys
 import functools
-from typing import Optional, Sequence
+import sys
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -173,8 +173,8 @@ def pad_prompts(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarra
 
 
 def generate(config: model_lib.ModelConfig, params, prompts: Sequence[Sequence[int]],
-             max_new_tokens: int, sampling: Sampling = GREEDY, rng: Optional[jax.Array] = None,
-             stop_token: Optional[int] = None, use_cache: bool = True) -> list[list[int]]:
+             max_new_tokens: int, sampling: Sampling = GREEDY, rng: jax.Array | None = None,
+             stop_token: int | None = None, use_cache: bool = True) -> list[list[int]]:
     """The new token ids for each prompt (without the prompt and without `stop_token`).
 
     Each prompt needs at least one token (GPT-1 has no start-of-text token) and the

@@ -7,7 +7,7 @@ the last n_ctx - stride tokens of the previous window as context and scores only
 ones. The command line is gpt1_jax/cli/evaluate_lm.py.
 """
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np

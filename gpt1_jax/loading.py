@@ -7,14 +7,14 @@ the decoding benchmark, the orbax reader of `convert`).
 latest finished checkpoint); local or gs://.
 """
 import dataclasses
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
 from gpt1_jax import checkpoint as checkpoint_lib
 from gpt1_jax import model as model_lib
-from gpt1_jax import rundir
-from gpt1_jax import tokenizers
+from gpt1_jax import rundir, tokenizers
 from gpt1_jax.checkpoint import CheckpointError
 
 
@@ -27,7 +27,7 @@ class Pretrained:
     path: Any
     model_config: dict
     tokenizer_dir: Any
-    task: Optional[str] = None
+    task: str | None = None
 
     def load_params(self, abstract_params: Any) -> Any:
         """The parameters, restored into the shapes and shardings of `abstract_params`."""
@@ -41,8 +41,8 @@ class LoadedModel:
     """A model's config, its parameters and its tokenizer (None if none is recorded)."""
     config: model_lib.ModelConfig
     params: Any
-    tokenizer: Optional[tokenizers.Tokenizer]
-    source: Optional[Pretrained] = None
+    tokenizer: tokenizers.Tokenizer | None
+    source: Pretrained | None = None
 
 
 def find(init_from) -> Pretrained:
@@ -81,13 +81,13 @@ def model_config(source: Pretrained) -> model_lib.ModelConfig:
         raise CheckpointError(f"{source.path}: unusable model config: {e}") from e
 
 
-def load_tokenizer(source: Pretrained) -> Optional[tokenizers.Tokenizer]:
+def load_tokenizer(source: Pretrained) -> tokenizers.Tokenizer | None:
     if not rundir.has_tokenizer(source.tokenizer_dir):
         return None
     return tokenizers.load_tokenizer(source.tokenizer_dir)
 
 
-def load(init_from, abstract_params: Optional[Callable[[model_lib.ModelConfig], Any]] = None
+def load(init_from, abstract_params: Callable[[model_lib.ModelConfig], Any] | None = None
          ) -> LoadedModel:
     """The model at `init_from` (a path or a `find` result). Its parameters are restored into
     `abstract_params(config)` (shapes with shardings: e.g. a task model's tree over a mesh);

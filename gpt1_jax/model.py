@@ -15,7 +15,6 @@ F feed-forward width, V vocabulary (+ specials).
 """
 import dataclasses
 import math
-from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -45,7 +44,7 @@ class ModelConfig:
     layer_norm_eps: float = 1e-5
     init_std: float = 0.02
     attention: str = "einsum"     # "einsum" or "dot_product" (jax.nn.dot_product_attention)
-    attention_backend: Optional[str] = None  # for dot_product: None (XLA picks), "xla", "cudnn"
+    attention_backend: str | None = None  # for dot_product: None (XLA picks), "xla", "cudnn"
     attention_block: int = 64     # einsum: queries per block, each scoring only keys up to its end (0: all)
     dtype: str = "float32"        # compute dtype; parameters are always float32
     # Rematerialisation, per block: "none" keeps every activation for the backward pass;
@@ -80,11 +79,11 @@ class ModelConfig:
         return self.vocab_size + self.n_special
 
 
-def _normal(config: ModelConfig, *axes: Optional[str]):
+def _normal(config: ModelConfig, *axes: str | None):
     return nn.with_logical_partitioning(nn.initializers.normal(config.init_std), axes)
 
 
-def _zeros(*axes: Optional[str]):
+def _zeros(*axes: str | None):
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
 
 
@@ -158,7 +157,7 @@ class CausalSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array, deterministic: bool, decode: bool = False,
-                 positions_BxT: Optional[jax.Array] = None) -> jax.Array:
+                 positions_BxT: jax.Array | None = None) -> jax.Array:
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         # The QKV kernel is [D, 3, H, K] rather than [D, 3D]: naming the heads axis
@@ -238,7 +237,7 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array, deterministic: bool, decode: bool = False,
-                 positions_BxT: Optional[jax.Array] = None) -> jax.Array:
+                 positions_BxT: jax.Array | None = None) -> jax.Array:
         a_BxTxD = CausalSelfAttention(self.config, name="attn")(x_BxTxD, deterministic, decode,
                                                                 positions_BxT)
         n_BxTxD = _layer_norm(self.config, "ln_1")(x_BxTxD + a_BxTxD)
@@ -297,7 +296,7 @@ class GPT1(nn.Module):
             self.blocks = [block_cls(cfg, name=f"h_{i}") for i in range(cfg.n_layer)]
 
     def __call__(self, tokens_BxT: jax.Array, *, deterministic: bool = True,
-                 positions_BxT: Optional[jax.Array] = None, with_logits: bool = True,
+                 positions_BxT: jax.Array | None = None, with_logits: bool = True,
                  decode: bool = False):
         cfg = self.config
         t = tokens_BxT.shape[1]
@@ -362,7 +361,7 @@ def count_params(params) -> int:
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
 
 
-def stack_layers(params, n_layer: Optional[int] = None):
+def stack_layers(params, n_layer: int | None = None):
     """Per-layer parameters ("h_0" ... "h_{n-1}") in the `scan_layers=True` layout: one
     "h" subtree whose leaves gain a leading axis of n_layer. Other entries are kept."""
     n_layer = n_layer if n_layer is not None else sum(1 for k in params if _layer_index(k) is not None)
@@ -386,7 +385,7 @@ def per_layer_params(params):
     return unstack_layers(params) if STACKED_BLOCKS in params else params
 
 
-def _layer_index(key: str) -> Optional[int]:
+def _layer_index(key: str) -> int | None:
     prefix, _, index = key.partition("_")
     return int(index) if prefix == "h" and index.isdigit() else None
 

@@ -12,6 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 import optax
+
 from gpt1_jax.errors import ConfigError
 
 SCHEDULES = ("warmup_cosine", "warmup_linear", "warmup_constant")

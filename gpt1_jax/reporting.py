@@ -11,7 +11,6 @@ score and value matmuls (causal masking is not subtracted). MFU divides the achi
 FLOP/s by the peak of all devices in use.
 """
 import json
-from typing import Optional
 
 import jax
 import numpy as np
@@ -42,7 +41,7 @@ def flops_per_token(n_layer: int, d_model: int, d_ff: int, vocab_rows: int, seq_
     return 6.0 * (block_params + vocab_rows * d_model) + 12.0 * n_layer * seq_len * d_model
 
 
-def peak_flops_per_device(override: float = 0.0, device: Optional[jax.Device] = None) -> float:
+def peak_flops_per_device(override: float = 0.0, device: jax.Device | None = None) -> float:
     """The configured peak, or the table's entry for this device kind (0 if unknown)."""
     if override > 0:
         return override
@@ -64,7 +63,7 @@ class MetricsWriter:
     again. A fresh run (`resume_step=None`) starts a new history.
     """
 
-    def __init__(self, workdir, resume_step: Optional[int] = None):
+    def __init__(self, workdir, resume_step: int | None = None):
         self.enabled = jax.process_index() == 0
         self._lines: list[str] = []
         self._tb = None
@@ -106,7 +105,7 @@ class MetricsWriter:
             self._tb = None
 
 
-def _logged_step(line: str) -> Optional[int]:
+def _logged_step(line: str) -> int | None:
     """The step of one metrics.jsonl line; None for a torn or foreign line."""
     try:
         return int(json.loads(line)["step"])

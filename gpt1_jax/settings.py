@@ -5,11 +5,8 @@ import os
 
 import ml_collections
 
-from gpt1_jax import assets
+from gpt1_jax import assets, optim, rundir, trainer
 from gpt1_jax import model as model_lib
-from gpt1_jax import optim
-from gpt1_jax import rundir
-from gpt1_jax import trainer
 from gpt1_jax.data import corpus as corpus_lib
 from gpt1_jax.errors import ConfigError
 

@@ -6,13 +6,15 @@ over. A mesh axis that does not divide a dimension is dropped for that parameter
 (e.g. GPT-1's 40,478-row vocabulary over a tensor axis of 4), so any rule set is valid
 on any mesh: the layout degrades to replication, never to an error.
 """
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
 from gpt1_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -48,7 +50,7 @@ def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
     return shape
 
 
-def make_mesh(sizes: dict[str, int], devices: Optional[Sequence[Any]] = None) -> Mesh:
+def make_mesh(sizes: dict[str, int], devices: Sequence[Any] | None = None) -> Mesh:
     """A (data, fsdp, tensor) mesh over all devices, with Auto axes for GSPMD."""
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(sizes, len(devices))

@@ -20,13 +20,13 @@ import multiprocessing
 import os
 import re
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import ftfy
-from etils import epath
 import sentencepiece
 import spacy
 import tqdm
+from etils import epath
 
 from gpt1_jax import assets
 from gpt1_jax.errors import DataError

@@ -11,7 +11,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
 
 import flax
 import flax.linen as nn
@@ -25,7 +26,7 @@ from gpt1_jax import distributed
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax.errors import UserError
 
-LossFn = Callable[[Any, Any, Optional[jax.Array], bool], tuple[jax.Array, dict]]
+LossFn = Callable[[Any, Any, jax.Array | None, bool], tuple[jax.Array, dict]]
 
 
 @flax.struct.dataclass
@@ -177,13 +178,13 @@ class StopRequested:
     """
 
     def __init__(self, grace_period_secs: float = 25.0,
-                 on_expiry: Optional[Callable[[str, float], None]] = None):
+                 on_expiry: Callable[[str, float], None] | None = None):
         self.grace_period_secs = grace_period_secs
         self.on_expiry = on_expiry or _exit_grace_expired
-        self.signal_name: Optional[str] = None
+        self.signal_name: str | None = None
         self.stopped = False
         self._previous = {}
-        self._watchdog: Optional[threading.Timer] = None
+        self._watchdog: threading.Timer | None = None
         self._multiprocess = False
 
     def __enter__(self):
@@ -274,9 +275,9 @@ class NonFiniteError(UserError, RuntimeError):
 
 def train_loop(state: TrainState, train_step, batches: Iterator, to_global: Callable,
                cfg: LoopConfig, writer, checkpointer, save_meta: dict,
-               evaluate: Optional[Callable[[Any], dict]] = None,
+               evaluate: Callable[[Any], dict] | None = None,
                stop_requested: Optional["StopRequested"] = None,
-               on_eval: Optional[Callable[[int, dict], None]] = None) -> tuple[TrainState, dict]:
+               on_eval: Callable[[int, dict], None] | None = None) -> tuple[TrainState, dict]:
     """Runs steps from `state.step` to the stop step, logging, evaluating and checkpointing.
 
     `batches` must expose grain's `get_state()`; `to_global` turns a host batch into a
@@ -396,7 +397,7 @@ class RunSetup:
     batch_size: int                  # global
     microbatches: int = 1
     seed: int = 0
-    max_to_keep: Optional[int] = 3
+    max_to_keep: int | None = 3
     async_save: bool = True
 
 
@@ -409,8 +410,8 @@ class Run:
     shardings: TrainState
     state: TrainState
     checkpointer: Any                # checkpoint.Checkpointer, or None without a workdir
-    resumed_from: Optional[int]      # the restored step, or None for a fresh start
-    data_state: Optional[dict]       # the input iterator's state to continue from
+    resumed_from: int | None      # the restored step, or None for a fresh start
+    data_state: dict | None       # the input iterator's state to continue from
     batch_sharding: Any              # a NamedSharding, or a dict of them for dict batches
     train_step: Callable
     eval_step: Callable
@@ -418,7 +419,7 @@ class Run:
 
 def setup_run(settings: RunSetup, init_params: Callable, loss_fn: LossFn,
               tx: optax.GradientTransformation, schedule: Callable, *, workdir=None,
-              batch_ndims: Any = 2, initial_params: Optional[Callable[[Mesh, TrainState], Any]] = None,
+              batch_ndims: Any = 2, initial_params: Callable[[Mesh, TrainState], Any] | None = None,
               devices=None, log: Callable[[str], None] = print) -> Run:
     """Sets a run up the one way every job (and the benchmark) does.
 

@@ -15,18 +15,15 @@ The command line (gpt1_jax/cli/zero_shot.py) writes `<workdir>/zero_shot.json` a
 `<workdir>/zero_shot.png` with one point per finished checkpoint.
 """
 import dataclasses
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import loading
-from gpt1_jax import metrics
+from gpt1_jax import loading, metrics, rundir, tokenizers
 from gpt1_jax import model as model_lib
-from gpt1_jax import rundir
-from gpt1_jax import tokenizers
 from gpt1_jax.data import tasks as tasks_lib
 from gpt1_jax.errors import ConfigError
 
@@ -215,7 +212,7 @@ def evaluate_checkpoint(scorer: LMScorer, tokenizer, data: ZeroShotData) -> dict
 
 
 def evaluate_run(workdir, data: ZeroShotData, batch_size: int = 32,
-                 progress: Optional[Callable[[str], None]] = print) -> dict:
+                 progress: Callable[[str], None] | None = print) -> dict:
     """Zero-shot metrics at every checkpoint of a pretraining workdir: {"steps": [...],
     "tasks": {task: [metric per step]}, "random": {...}}."""
     workdir = rundir.path(workdir)

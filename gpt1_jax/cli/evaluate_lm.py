@@ -12,8 +12,7 @@ import sys
 
 from absl import app, flags
 
-from gpt1_jax import loading
-from gpt1_jax import lm_eval
+from gpt1_jax import lm_eval, loading
 from gpt1_jax.cli import common
 from gpt1_jax.data import corpus as corpus_lib
 from gpt1_jax.errors import ConfigError

@@ -10,8 +10,7 @@ import json
 
 from absl import app, flags
 
-from gpt1_jax import rundir
-from gpt1_jax import zero_shot
+from gpt1_jax import rundir, zero_shot
 from gpt1_jax.cli import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A pre-training workdir with checkpoints.", required=True)

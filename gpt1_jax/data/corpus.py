@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import grain
 import numpy as np
+
 from gpt1_jax import rundir
 from gpt1_jax.errors import DataError
 

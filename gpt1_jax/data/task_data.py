@@ -6,14 +6,12 @@ Arrays of a split: `tokens` int32 [N, S, L], `mask` float32 [N, S, L] (1 on real
 """
 import dataclasses
 import functools
-from typing import Optional
 
 import grain
 import numpy as np
 
-from gpt1_jax.data import corpus
+from gpt1_jax.data import corpus, transforms
 from gpt1_jax.data import tasks as tasks_lib
-from gpt1_jax.data import transforms
 from gpt1_jax.errors import DataError
 
 
@@ -91,13 +89,13 @@ def make_batches(arrays: dict, batch_size: int, seed: int, process_index: int = 
 class TaskData:
     """A task's packed splits: `train` (None in eval-only jobs) and each evaluation split."""
     spec: tasks_lib.TaskSpec
-    train: Optional[dict]
+    train: dict | None
     evals: dict[str, dict]          # split -> arrays
     eval_examples: dict[str, list]  # split -> examples (their uids name the predictions)
     max_len: int
 
 
-def load_task_data(task_name: str, tokenizer, n_ctx: int, *, data_dir: Optional[str],
+def load_task_data(task_name: str, tokenizer, n_ctx: int, *, data_dir: str | None,
                    source: str = "files", with_train: bool = True, max_train_examples: int = 0,
                    max_eval_examples: int = 0, seed: int = 0, max_len: int = 0) -> TaskData:
     """Reads, tokenizes, transforms and packs the task's training and evaluation splits.

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt1_jax.metrics import TASK_METRICS
 from gpt1_jax.errors import DataError
+from gpt1_jax.metrics import TASK_METRICS
 
 # ---------------------------------------------------------------------------------------------
 # What the tasks are.

@@ -30,6 +30,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+
 from gpt1_jax.errors import DataError
 
 

@@ -16,18 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import evaluate
-from gpt1_jax import heads
-from gpt1_jax import loading
+from gpt1_jax import evaluate, heads, loading, optim, plots, reporting, rundir, settings, tokenizers, trainer
 from gpt1_jax import model as model_lib
-from gpt1_jax import optim
-from gpt1_jax import plots
-from gpt1_jax import reporting
-from gpt1_jax import rundir
-from gpt1_jax import settings
 from gpt1_jax import sharding as sharding_lib
-from gpt1_jax import tokenizers
-from gpt1_jax import trainer
 from gpt1_jax.data import task_data as task_data_lib
 from gpt1_jax.data import tasks as tasks_lib
 from gpt1_jax.errors import ConfigError

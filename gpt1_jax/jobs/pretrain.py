@@ -15,17 +15,9 @@ import ml_collections
 import numpy as np
 
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import demo_text
-from gpt1_jax import distributed
+from gpt1_jax import demo_text, distributed, optim, plots, reporting, rundir, settings, tokenizers, trainer
 from gpt1_jax import model as model_lib
-from gpt1_jax import optim
-from gpt1_jax import plots
-from gpt1_jax import reporting
-from gpt1_jax import rundir
-from gpt1_jax import settings
 from gpt1_jax import sharding as sharding_lib
-from gpt1_jax import tokenizers
-from gpt1_jax import trainer
 from gpt1_jax.data import corpus as corpus_lib
 from gpt1_jax.data import reference as reference_lib
 from gpt1_jax.errors import ConfigError

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from gpt1_jax import assets
-from gpt1_jax import loading
+from gpt1_jax import assets, loading
 from gpt1_jax import generate as generate_lib
 from gpt1_jax import model as model_lib
 from gpt1_jax.cli import common
