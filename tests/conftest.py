@@ -10,35 +10,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
+import jobs
+
 pytest_plugins = ["gcs"]  # the local GCS server fixtures (tests/gcs.py)
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = jobs.REPO
 # The real task data (GLUE, Story Cloze) that may not be bundled: ../shared/data beside the
 # checkout, or wherever GPT1_JAX_SHARED_DATA points.
 SHARED_DATA = pathlib.Path(os.environ.get("GPT1_JAX_SHARED_DATA", REPO.parent / "shared" / "data"))
-TINY_MODEL = ["--config.model.n_ctx=64", "--config.model.n_layer=1", "--config.model.n_head=2",
-              "--config.model.d_model=32", "--config.model.d_ff=64"]
 
 
 def pytest_configure(config):
     # Slow tests run by default (CI included); `-m "not slow"` skips them locally.
     config.addinivalue_line("markers", "slow: a long test (minutes on 2 CPU cores); runs by default")
-
-
-def run_main(*args, expect_ok=True, devices=1):
-    """Runs `python -m gpt1_jax.main ARGS` in a fresh process, as a user would."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    result = subprocess.run([sys.executable, "-m", "gpt1_jax.main", *args,
-                             "--config.train.progress=False"], cwd=REPO, capture_output=True,
-                            text=True, timeout=600, env=env)
-    if expect_ok:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +46,11 @@ def pretrained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pretrain")
     corpus = workdir / "book.txt"
     corpus.write_text(assets.book_files()[1].read_text(encoding="utf-8")[:30_000], encoding="utf-8")
-    run_main("--config=configs/tiny.py", f"--workdir={workdir}", *TINY_MODEL,
-             "--config.train.num_steps=3", "--config.train.batch_size=4",
-             "--config.train.eval_batches=1", "--config.checkpoint.every_steps=1",
-             "--config.data.val_fraction=0.1", f"--config.data.text_files={corpus}",
-             f"--config.data.cache_dir={workdir / 'cache'}")
+    jobs.main("--config=configs/tiny.py", f"--workdir={workdir}",
+              "--config.train.num_steps=3", "--config.train.batch_size=4",
+              "--config.train.eval_batches=1", "--config.checkpoint.every_steps=1",
+              "--config.data.val_fraction=0.1", f"--config.data.text_files={corpus}",
+              f"--config.data.cache_dir={workdir / 'cache'}")
     return workdir
 
 

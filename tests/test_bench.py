@@ -1,20 +1,18 @@
 """The benchmark against HF PyTorch, and the profile summary it prints."""
 import json
-import subprocess
 import sys
 
 import numpy as np
 
+import jobs
 from gpt1_jax.tools import profiling
-from conftest import REPO
 
 
 def test_benchmark_times_both_sides_at_the_same_shape(tmp_path):
     out = tmp_path / "bench.json"
     profile_dir = tmp_path / "profile"
-    subprocess.run([sys.executable, "-m", "gpt1_jax.bench", "--shape=tiny", "--reference=hf",
-                    "--warmup=1", "--steps=4", "--turn_steps=2", f"--out={out}",
-                    f"--profile={profile_dir}"], cwd=REPO, check=True, capture_output=True)
+    jobs.run([sys.executable, "-m", "gpt1_jax.bench", "--shape=tiny", "--reference=hf",
+              "--warmup=1", "--steps=4", "--turn_steps=2", f"--out={out}", f"--profile={profile_dir}"])
     result = json.loads(out.read_text())
     reference = result["reference"]
     # The same model on both sides: parameter counts agree (HF's tied head counted once).
@@ -57,8 +55,10 @@ def test_categorize_names_the_part_of_the_model_and_the_pass():
 
 
 def test_summarize_adds_up_each_part_and_keeps_the_unattributed_rest():
-    hlo = ('  %fusion.1 = f32[8,4]{1,0} fusion(%p), metadata={op_name="jit(step)/jvp(GPT1)/GPT1.logits/dot_general"}\n'
-           '  ROOT %dot.2 = f32[4]{0} dot(%a, %b), metadata={op_name="jit(step)/transpose(jvp(GPT1))/h_0/mlp/c_fc/dot_general"}\n')
+    hlo = ('  %fusion.1 = f32[8,4]{1,0} fusion(%p), '
+           'metadata={op_name="jit(step)/jvp(GPT1)/GPT1.logits/dot_general"}\n'
+           '  ROOT %dot.2 = f32[4]{0} dot(%a, %b), '
+           'metadata={op_name="jit(step)/transpose(jvp(GPT1))/h_0/mlp/c_fc/dot_general"}\n')
     names = profiling.op_names(hlo)
     assert names == {"fusion.1": "jit(step)/jvp(GPT1)/GPT1.logits/dot_general",
                      "dot.2": "jit(step)/transpose(jvp(GPT1))/h_0/mlp/c_fc/dot_general"}

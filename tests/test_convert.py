@@ -3,25 +3,21 @@ round trips, and the original release's shard layout."""
 import hashlib
 import json
 import pathlib
-import subprocess
 import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jobs
+from gpt1_jax import assets, convert, lm_eval, tokenizers
+from gpt1_jax import model as model_lib
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gpt1_jax import assets  # noqa: E402
-from gpt1_jax import convert  # noqa: E402
-from gpt1_jax import lm_eval  # noqa: E402
-from gpt1_jax import model as model_lib  # noqa: E402
-from gpt1_jax import tokenizers  # noqa: E402
-
 N_CTX = 64
 RELEASED_SHAPES_SHA256 = "3bff3faa381e06d81c60f44520eb82c673d14a8ae61d821c63167f59acc6a768"
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +188,7 @@ def test_broken_inputs_name_the_file(hf_model, hf_dir, tmp_path):
 def test_command_line(hf_dir, tmp_path):
     command = [sys.executable, "-m", "gpt1_jax.cli.convert", "--from=hf", "--to=orbax", str(hf_dir),
                str(tmp_path / "export")]
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = jobs.run(command, timeout=120)
     assert "2 layers, width 64, 4 heads, context 64" in done.stdout
-    again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    again = jobs.run(command, timeout=120, expect_ok=False)
     assert again.returncode != 0 and "not empty" in again.stderr

@@ -2,8 +2,6 @@
 command's last line is the JSON result."""
 import dataclasses
 import json
-import pathlib
-import subprocess
 import sys
 
 import flax.linen as nn
@@ -13,13 +11,12 @@ import numpy as np
 import optax
 import pytest
 
+import jobs
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import lm_eval
+from gpt1_jax import lm_eval, tokenizers
 from gpt1_jax import model as model_lib
-from gpt1_jax import tokenizers
 from gpt1_jax.data import corpus
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CFG = model_lib.ModelConfig(vocab_size=40478, n_ctx=16, n_layer=2, n_head=2, d_model=32, d_ff=64)
 
 
@@ -84,10 +81,8 @@ def test_command_prints_the_result_as_its_last_line(params, tmp_path):
     tokenizer.save(export / "tokenizer")
     text = "It was the best of times, it was the worst of times.\r\nIt was the age of wisdom.\r\n" * 3
     (tmp_path / "text.txt").write_bytes(text.encode("utf-8"))
-    done = subprocess.run([sys.executable, "-m", "gpt1_jax.evaluate_lm", f"--init_from={export}",
-                           f"--text={tmp_path / 'text.txt'}", "--batch_size=2"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = jobs.run([sys.executable, "-m", "gpt1_jax.evaluate_lm", f"--init_from={export}",
+                     f"--text={tmp_path / 'text.txt'}", "--batch_size=2"], timeout=120)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     expected = lm_eval.score(CFG, params, [tokenizer.encode(text.replace("\r\n", "\n"))])
     assert result["tokens"] == expected["tokens"]

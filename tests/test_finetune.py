@@ -8,25 +8,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt1_jax.jobs import finetune
+import jobs
 from gpt1_jax import heads
 from gpt1_jax import model as model_lib
-
-from conftest import SHARED_DATA as SHARED, run_main
+from gpt1_jax.jobs import finetune
 
 CFG = model_lib.ModelConfig(vocab_size=50, n_special=3, n_ctx=16, n_layer=2, n_head=2,
                             d_model=16, d_ff=32)
 
 
-def _init(model, s, l=12):
-    tokens = jnp.zeros((1, s, l), jnp.int32)
+def _init(model, s, length=12):
+    tokens = jnp.zeros((1, s, length), jnp.int32)
     return nn.meta.unbox(model.init(jax.random.key(0), tokens, jnp.zeros((1, s), jnp.int32))["params"])
 
 
-def _batch(s, l=12, b=3, seed=1):
+def _batch(s, length=12, b=3, seed=1):
     rng = np.random.RandomState(seed)
-    tokens = rng.randint(0, 50, (b, s, l)).astype(np.int32)
-    pos = rng.randint(2, l - 2, (b, s)).astype(np.int32)
+    tokens = rng.randint(0, 50, (b, s, length)).astype(np.int32)
+    pos = rng.randint(2, length - 2, (b, s)).astype(np.int32)
     return tokens, pos
 
 
@@ -110,37 +109,39 @@ def test_transplant_copies_embeddings_and_the_first_n_blocks():
 # --- the job, end to end on real data --------------------------------------------------------
 
 def _finetune(task, data_dir, workdir, pretrained, *extra):
-    return run_main(f"--config=configs/finetune.py:{task}", f"--workdir={workdir}",
-                 f"--config.init_from={pretrained}", f"--config.data.data_dir={data_dir}",
-                 "--config.data.max_train_examples=16", "--config.data.max_eval_examples=24",
-                 "--config.train.batch_size=8", *extra)
+    return jobs.main(f"--config=configs/finetune.py:{task}", f"--workdir={workdir}",
+                     f"--config.init_from={pretrained}", f"--config.data.data_dir={data_dir}",
+                     "--config.data.max_train_examples=16", "--config.data.max_eval_examples=24",
+                     "--config.train.batch_size=8", *extra)
 
 
+@pytest.mark.slow
 def test_sst2_fine_tuning_and_eval_mode_on_the_real_data(pretrained, shared_data, tmp_path):
-    _finetune("sst2", SHARED / "glue", tmp_path, pretrained, "--config.train.num_steps=2")
+    _finetune("sst2", shared_data / "glue", tmp_path, pretrained, "--config.train.num_steps=2")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["step"] == 2 and 0.0 <= summary["eval"]["validation"]["accuracy"] <= 1.0
     lines = (tmp_path / "predictions" / "SST-2.validation.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 25
     assert all(line.split("\t")[1] in ("0", "1") for line in lines[1:])
     # Eval mode restores the fine-tuned export and reproduces the same metrics.
-    result = run_main("--config=configs/finetune.py:sst2", f"--workdir={tmp_path}", "--config.mode=eval",
-                   f"--config.data.data_dir={SHARED / 'glue'}", "--config.data.max_eval_examples=24")
+    result = jobs.main("--config=configs/finetune.py:sst2", f"--workdir={tmp_path}", "--config.mode=eval",
+                       f"--config.data.data_dir={shared_data / 'glue'}", "--config.data.max_eval_examples=24")
     assert json.loads(result.stdout.strip().splitlines()[-1]) == summary["eval"]
-    wrong = run_main("--config=configs/finetune.py:cola", f"--workdir={tmp_path}", "--config.mode=eval",
-                  f"--config.data.data_dir={SHARED / 'glue'}", expect_ok=False)
+    wrong = jobs.main("--config=configs/finetune.py:cola", f"--workdir={tmp_path}", "--config.mode=eval",
+                      f"--config.data.data_dir={shared_data / 'glue'}", expect_ok=False)
     assert wrong.returncode != 0 and "fine-tuned on 'sst2'" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_story_cloze_multiple_choice_without_the_auxiliary_loss(pretrained, shared_data, tmp_path):
-    _finetune("story_cloze", SHARED / "story_cloze", tmp_path, pretrained,
+    _finetune("story_cloze", shared_data / "story_cloze", tmp_path, pretrained,
               "--config.train.num_steps=2", "--config.finetune.lm_coef=0")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["eval"]) == {"test"} and summary["lm_coef"] == 0
-    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = jobs.metric_records(tmp_path)
     assert "lm_loss" not in records[-1] and "task_loss" in records[-1]
 
 
 def test_an_unknown_task_is_an_error_naming_the_known_ones(tmp_path):
-    result = run_main("--config=configs/finetune.py:sst3", f"--workdir={tmp_path}", expect_ok=False)
+    result = jobs.main("--config=configs/finetune.py:sst3", f"--workdir={tmp_path}", expect_ok=False)
     assert result.returncode != 0 and "unknown task 'sst3'" in result.stderr and "sst2" in result.stderr

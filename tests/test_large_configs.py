@@ -10,12 +10,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from gpt1_jax import settings
-from gpt1_jax import config_files
+from gpt1_jax import config_files, optim, settings, trainer
 from gpt1_jax import model as model_lib
-from gpt1_jax import optim
 from gpt1_jax import sharding as sharding_lib
-from gpt1_jax import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Logical axes of each parameter (model.py) and the mesh axes the default rules give them

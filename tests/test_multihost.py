@@ -6,69 +6,35 @@ writes its shards of the checkpoint, and only process 0 logs; so the losses and
 parameters must match the single-process run, and the checkpoint the pair writes
 together must resume in a single process.
 """
-import json
-import os
-import pathlib
-import socket
 import subprocess
-import sys
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
+import jobs
 from gpt1_jax import loading
 from gpt1_jax import model as model_lib
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = [
-    "--config=configs/tiny.py",
-    "--config.model.n_ctx=16", "--config.model.n_layer=2", "--config.model.n_head=2",
-    "--config.model.d_model=32", "--config.model.d_ff=64",
-    "--config.train.batch_size=8", "--config.train.log_every_steps=1",
-    "--config.train.eval_batches=2", "--config.train.eval_every_steps=0",
-    "--config.train.progress=False", "--config.optimizer.warmup_steps=2",
-    "--config.data.val_fraction=0.05",
-    "--config.train.num_steps=5", "--config.checkpoint.every_steps=3",
-]
+# Batches of 8 rows: 4 for each process, 2 for each device.
+COMMON = ["--config.train.batch_size=8", "--config.train.num_steps=5", "--config.checkpoint.every_steps=3"]
 TIMEOUT = 300
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _argv(corpus: pathlib.Path, workdir: pathlib.Path, *overrides) -> list[str]:
-    return [sys.executable, "-m", "gpt1_jax.main", f"--workdir={workdir}", *TINY,
-            f"--config.data.text_files={corpus / 'book.txt'}",
-            f"--config.data.cache_dir={corpus / 'cache'}", *overrides]
-
-
-def _env(devices: int) -> dict:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-            "JAX_PLATFORMS": "cpu"}
-
-
-def _run_single(corpus, workdir, *overrides) -> subprocess.CompletedProcess:
+def _run_single(corpus, workdir, *overrides):
     """One process, 4 devices."""
-    result = subprocess.run(_argv(corpus, workdir, *overrides), cwd=REPO, env=_env(4),
-                            capture_output=True, text=True, timeout=TIMEOUT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return jobs.run(jobs.pretrain_argv(corpus, workdir, *COMMON, *overrides), jobs.env(4), timeout=TIMEOUT)
 
 
 def _run_two_processes(corpus, workdir, *overrides) -> list[tuple[str, str]]:
     """Two processes of 2 devices each, joined through a coordinator on 127.0.0.1;
     returns each one's (stdout, stderr)."""
-    address = f"127.0.0.1:{_free_port()}"
-    processes = [subprocess.Popen(
-        _argv(corpus, workdir, *overrides, "--config.distributed.initialize=True",
-              f"--config.distributed.coordinator_address={address}",
-              "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),
-        cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    address = f"127.0.0.1:{jobs.free_port()}"
+    processes = [jobs.start(jobs.pretrain_argv(
+        corpus, workdir, *COMMON, *overrides, "--config.distributed.initialize=True",
+        f"--config.distributed.coordinator_address={address}",
+        "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"), jobs.env(2))
         for i in range(2)]
     outputs = []
     try:
@@ -79,14 +45,10 @@ def _run_two_processes(corpus, workdir, *overrides) -> list[tuple[str, str]]:
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    for i, (process, (_, stderr)) in enumerate(zip(processes, outputs)):
-        assert process.returncode == 0, f"process {i}:\n{stderr[-3000:]}"
+    for i, (process, (stdout, stderr)) in enumerate(zip(processes, outputs)):
+        assert process.returncode == 0, f"process {i}: " + jobs.output(
+            subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
     return outputs
-
-
-def _losses(workdir) -> dict[int, float]:
-    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
 
 
 def _abstract_params(model_config: dict):
@@ -119,17 +81,17 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one(corpus
 
     # Only process 0 reports; both took part (each fed its own rows).
     assert "GPT-1:" in outputs[0][0] and "GPT-1:" not in outputs[1][0]
-    a, b = _losses(single), _losses(multi)
+    a, b = jobs.losses(single), jobs.losses(multi)
     assert sorted(b) == [1, 2, 3]
     # Cross-process reductions may add in another order: equal up to float32 rounding.
     np.testing.assert_allclose([b[s] for s in (1, 2, 3)], [a[s] for s in (1, 2, 3)], rtol=0, atol=1e-5)
     # The checkpoint the two processes wrote together holds the single run's step-3 state.
-    assert sorted(int(p.name) for p in (multi / "checkpoints").iterdir() if p.name.isdigit()) == [3]
+    assert jobs.finished_steps(multi) == [3]
     _assert_close(_params(multi / "checkpoints" / "3"), _params(single / "checkpoints" / "3"), 1e-6)
 
     # A single process resumes it (on 4 devices of one process) and finishes like the single run.
     resumed = _run_single(corpus, multi)
     assert "Resuming from" in resumed.stdout + resumed.stderr
-    c = _losses(multi)
+    c = jobs.losses(multi)
     np.testing.assert_allclose([c[s] for s in (4, 5)], [a[s] for s in (4, 5)], rtol=0, atol=1e-5)
     _assert_close(_params(multi / "export"), _params(single / "export"), 1e-6)

@@ -4,56 +4,22 @@ Each job runs in its own process (as a resumed job would), on a tiny model over 
 slice of one bundled book.
 """
 import json
-import os
-import pathlib
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = [
-    "--config.model.n_ctx=16", "--config.model.n_layer=2", "--config.model.n_head=2",
-    "--config.model.d_model=32", "--config.model.d_ff=64",
-    "--config.train.batch_size=4", "--config.train.log_every_steps=1",
-    "--config.train.eval_batches=2", "--config.train.eval_every_steps=0",
-    "--config.train.progress=False", "--config.optimizer.warmup_steps=2",
-    "--config.data.val_fraction=0.05",
-]
-
-
-def job_args(corpus, workdir, *overrides):
-    return [sys.executable, "-m", "gpt1_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
-            *TINY, f"--config.data.text_files={corpus / 'book.txt'}",
-            f"--config.data.cache_dir={corpus / 'cache'}", *overrides]
-
-
-def job_env(devices=1):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
+import jobs
 
 
 def run_job(corpus, workdir, *overrides, devices=1, expect_ok=True):
-    result = subprocess.run(job_args(corpus, workdir, *overrides), cwd=REPO, env=job_env(devices),
-                            capture_output=True, text=True, timeout=600)
-    if expect_ok:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def train_losses(workdir) -> dict[int, float]:
-    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+    return jobs.run(jobs.pretrain_argv(corpus, workdir, *overrides), jobs.env(devices), expect_ok=expect_ok)
 
 
 def final_params(workdir):
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(pathlib.Path(workdir).absolute() / "export" / "params")
+        return checkpointer.restore(workdir.absolute() / "export" / "params")
 
 
 def leaves(tree):
@@ -67,30 +33,32 @@ def test_job_writes_metrics_summary_checkpoints_and_export(corpus, tmp_path):
     assert summary["step"] == 4 and summary["num_params"] > 0
     assert np.isfinite(summary["train_loss"]) and np.isfinite(summary["val_loss"])
     assert summary["initial_val_loss"] > 0
-    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = jobs.metric_records(tmp_path)
     assert records[-1]["step"] == 4
     assert {"step", "loss", "lr", "tokens_per_sec"} <= set(records[-1])
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+    assert jobs.finished_steps(tmp_path) == [2, 4]
     assert (tmp_path / "export" / "model.json").exists()
     assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
     assert list((tmp_path / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_resume_in_a_new_process_is_bit_identical(corpus, tmp_path):
     straight, sliced = tmp_path / "straight", tmp_path / "sliced"
     common = ["--config.train.num_steps=6", "--config.checkpoint.every_steps=3"]
     run_job(corpus, straight, *common)
     run_job(corpus, sliced, *common, "--config.train.stop_at_step=3")
-    assert max(train_losses(sliced)) == 3
+    assert max(jobs.losses(sliced)) == 3
     assert not (sliced / "export").exists()  # stopped early: no hand-off export yet
     second = run_job(corpus, sliced, *common)
     assert "Resuming from" in second.stdout + second.stderr
-    a, b = train_losses(straight), train_losses(sliced)
+    a, b = jobs.losses(straight), jobs.losses(sliced)
     assert [a[s] for s in range(1, 7)] == [b[s] for s in range(1, 7)]  # exact, not approximate
     for x, y in zip(leaves(final_params(straight)), leaves(final_params(sliced))):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_onto_a_different_mesh(corpus, tmp_path):
     straight, moved = tmp_path / "straight", tmp_path / "moved"
     common = ["--config.train.num_steps=4", "--config.checkpoint.every_steps=2"]
@@ -98,30 +66,28 @@ def test_checkpoint_restores_onto_a_different_mesh(corpus, tmp_path):
     run_job(corpus, moved, *common, "--config.train.stop_at_step=2")
     run_job(corpus, moved, *common, "--config.mesh.data=1", "--config.mesh.fsdp=2",
             "--config.mesh.tensor=2", devices=4)
-    a, b = train_losses(straight), train_losses(moved)
+    a, b = jobs.losses(straight), jobs.losses(moved)
     np.testing.assert_allclose([b[s] for s in (3, 4)], [a[s] for s in (3, 4)], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(corpus, tmp_path):
-    process = subprocess.Popen(
-        job_args(corpus, tmp_path, "--config.train.num_steps=100000", "--config.checkpoint.every_steps=1000"),
-        cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
-        time.sleep(0.2)
+    process = jobs.start(jobs.pretrain_argv(corpus, tmp_path, "--config.train.num_steps=100000",
+                                            "--config.checkpoint.every_steps=1000"))
+    jobs.wait_for(lambda: len(jobs.metric_records(tmp_path)) >= 5, process, poll=0.2)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-3000:]
-    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    saved = jobs.finished_steps(tmp_path)
     assert len(saved) == 1 and saved[0] >= 4 and saved[0] < 1000
     assert f"checkpointed step {saved[0]}" in stderr
     resumed = run_job(corpus, tmp_path, "--config.train.num_steps=100000",
                       f"--config.train.stop_at_step={saved[0] + 2}")
     assert f"checkpoints/{saved[0]}" in resumed.stdout + resumed.stderr
-    assert max(train_losses(tmp_path)) == saved[0] + 2
+    assert max(jobs.losses(tmp_path)) == saved[0] + 2
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_does_not_fit_the_model_is_refused_untouched(corpus, tmp_path):
     run_job(corpus, tmp_path, "--config.train.num_steps=2", "--config.checkpoint.every_steps=2")
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()}

@@ -23,19 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+import jobs
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import config_files
-from gpt1_jax import trainer
+from gpt1_jax import config_files, tokenizers, trainer
 from gpt1_jax import workdir as workdir_lib
 
-from conftest import run_main
-from test_pretrain_job import TINY
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # One schedule for every job (its length is compiled into the train step); runs stop earlier.
 STEPS = ["--config.train.num_steps=100000"]
 
@@ -44,41 +39,11 @@ STEPS = ["--config.train.num_steps=100000"]
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-            "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla_cache")),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-            "PYTHONUNBUFFERED": "1"}  # what a killed job printed is not lost in a buffer
+    return jobs.env(1, **jobs.compilation_cache(tmp_path_factory.mktemp("xla_cache")))
 
 
 def job_args(corpus, workdir, *overrides, cache_dir=None):
-    return [sys.executable, "-m", "gpt1_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
-            *TINY, *STEPS, f"--config.data.text_files={corpus / 'book.txt'}",
-            f"--config.data.cache_dir={cache_dir or corpus / 'cache'}", *overrides]
-
-
-def run_job(args, env, expect_ok=True, prefix=()):
-    result = subprocess.run([*prefix, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=600)
-    if expect_ok:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def start_job(args, env):
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def committed(workdir) -> list[int]:
-    directory = pathlib.Path(workdir) / "checkpoints"
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
-
-
-def in_flight(workdir) -> list[str]:
-    """Checkpoint writes begun but not committed: orbax's temporary directories."""
-    directory = pathlib.Path(workdir) / "checkpoints"
-    return [p.name for p in directory.iterdir() if ".orbax-checkpoint-tmp" in p.name] if directory.is_dir() else []
+    return jobs.pretrain_argv(corpus, workdir, *STEPS, *overrides, cache_dir=cache_dir)
 
 
 def snapshot(directory) -> dict:
@@ -92,52 +57,22 @@ def untouched(before: dict, directory) -> bool:
     return all(now.get(path) == stat for path, stat in before.items())
 
 
-def metric_records(workdir) -> list[dict]:
-    """The logged records; a line still being written by a live job is left out."""
-    path = pathlib.Path(workdir) / "metrics.jsonl"
-    lines = path.read_text().split("\n")[:-1] if path.exists() else []
-    return [json.loads(line) for line in lines]
-
-
 def last_logged_step(workdir) -> int:
-    return max((r["step"] for r in metric_records(workdir)), default=-1)
-
-
-def resumed_from(output: str):
-    for line in output.splitlines():
-        if line.startswith("Resuming from "):
-            return int(line.rsplit("/", 1)[1])
-    return None
-
-
-def wait_for(condition, process, timeout=300.0, poll=0.002):
-    """Polls until `condition()`; fails if `process` ends first."""
-    deadline = time.time() + timeout
-    while not condition():
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.time() < deadline, "timed out"
-        time.sleep(poll)
-
-
-def saved_state(workdir, step) -> dict:
-    path = pathlib.Path(workdir).absolute() / "checkpoints" / str(step) / "state"
-    with ocp.StandardCheckpointer() as checkpointer:
-        tree = checkpointer.restore(path)
-    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+    return max((r["step"] for r in jobs.metric_records(workdir)), default=-1)
 
 
 def load_config(file_name, *args):
     """configs/<file_name>'s get_config(*args), as `--config=configs/<file_name>` loads it."""
-    return config_files.load(REPO / "configs" / file_name, *args)
+    return config_files.load(jobs.REPO / "configs" / file_name, *args)
 
 
 @pytest.fixture(scope="module")
 def trained(corpus, env, tmp_path_factory):
     """A workdir stopped at step 4 with checkpoints 2 and 4 (at most 2 kept)."""
     workdir = tmp_path_factory.mktemp("trained")
-    run_job(job_args(corpus, workdir, "--config.train.stop_at_step=4", "--config.checkpoint.every_steps=2",
-                     "--config.checkpoint.max_to_keep=2"), env)
-    assert committed(workdir) == [2, 4]
+    jobs.run(job_args(corpus, workdir, "--config.train.stop_at_step=4", "--config.checkpoint.every_steps=2",
+                      "--config.checkpoint.max_to_keep=2"), env)
+    assert jobs.finished_steps(workdir) == [2, 4]
     return workdir
 
 
@@ -145,35 +80,47 @@ def copy_of(workdir, tmp_path) -> pathlib.Path:
     return pathlib.Path(shutil.copytree(workdir, tmp_path / "workdir"))
 
 
+def token_cache_of(workdir, cache_dir) -> pathlib.Path:
+    """The token cache in `cache_dir` that a job resuming in `workdir` reads: the one whose
+    metadata names the tokenizer the workdir records. (Other jobs of the module may have
+    left caches of other tokenizers beside it.)"""
+    fingerprint = tokenizers.load_tokenizer(workdir / "tokenizer").fingerprint()
+    [metadata] = [p for p in pathlib.Path(cache_dir).glob("*.json")
+                  if json.loads(p.read_text()).get("tokenizer_fingerprint") == fingerprint]
+    return metadata.with_suffix(".npy")
+
+
 # --- 1. preemption -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigint_then_a_second_signal_commits_the_current_step_and_exits_0(corpus, env, tmp_path):
-    process = start_job(job_args(corpus, tmp_path, "--config.checkpoint.every_steps=1000"), env)
-    wait_for(lambda: last_logged_step(tmp_path) >= 3, process, poll=0.1)
+    process = jobs.start(job_args(corpus, tmp_path, "--config.checkpoint.every_steps=1000"), env)
+    jobs.wait_for(lambda: last_logged_step(tmp_path) >= 3, process, poll=0.1)
     process.send_signal(signal.SIGINT)
     time.sleep(0.05)
     process.send_signal(signal.SIGTERM)  # a second signal, while stopping: ignored
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-3000:]
-    [step] = committed(tmp_path)
-    assert f"SIGINT: checkpointed step {step}, exiting" in stderr and not in_flight(tmp_path)
+    [step] = jobs.finished_steps(tmp_path)
+    assert f"SIGINT: checkpointed step {step}, exiting" in stderr and not jobs.in_flight(tmp_path)
     assert step == last_logged_step(tmp_path)
-    assert saved_state(tmp_path, step)["['step']"] == step  # committed and readable: a rerun starts there
+    assert jobs.saved_state(tmp_path, step)["['step']"] == step  # committed and readable: a rerun starts there
 
 
+@pytest.mark.slow
 def test_a_checkpoint_not_committed_within_the_grace_period_exits_1(corpus, env, trained, tmp_path):
     # A grace period far shorter than any checkpoint write: the watchdog must end the job.
     workdir = copy_of(trained, tmp_path)
     before = snapshot(workdir / "checkpoints")
-    process = start_job(job_args(corpus, workdir, "--config.train.grace_period_secs=0.001",
-                                 "--config.checkpoint.every_steps=1000"), env)
-    wait_for(lambda: last_logged_step(workdir) >= 6, process, poll=0.1)
+    process = jobs.start(job_args(corpus, workdir, "--config.train.grace_period_secs=0.001",
+                                  "--config.checkpoint.every_steps=1000"), env)
+    jobs.wait_for(lambda: last_logged_step(workdir) >= 6, process, poll=0.1)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 1
     assert "error: SIGTERM: the checkpoint was not committed within the grace period " \
            "(train.grace_period_secs=0.001)" in stderr and "checkpointed step" not in stderr
-    assert committed(workdir) == [2, 4]  # no half-written step looks committed
+    assert jobs.finished_steps(workdir) == [2, 4]  # no half-written step looks committed
     assert untouched(before, workdir / "checkpoints")
 
 
@@ -257,49 +204,47 @@ def test_kill_9_at_random_moments_resumes_from_the_last_commit_bit_for_bit(corpu
     common = [f"--config.train.stop_at_step={stop}", "--config.checkpoint.every_steps=1",
               "--config.checkpoint.max_to_keep=2"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    run_job(job_args(corpus, straight, *common), env)
+    jobs.run(job_args(corpus, straight, *common), env)
 
     rng = random.Random(6)
     moments = ["write in flight", "between steps", "start-up", "write in flight"]
     interrupted_writes = 0
     expected_resume = None
     for moment in moments:
-        process = start_job(job_args(corpus, killed, *common), env)
+        process = jobs.start(job_args(corpus, killed, *common), env)
         if moment == "start-up":  # importing, restoring, compiling
             time.sleep(rng.uniform(0.5, 4.0))
         else:
-            target = max(committed(killed), default=0) + rng.randint(1, 2)
-            wait_for(lambda: max(committed(killed), default=0) >= target, process)
+            target = max(jobs.finished_steps(killed), default=0) + rng.randint(1, 2)
+            jobs.wait_for(lambda target=target: max(jobs.finished_steps(killed), default=0) >= target,
+                          process)
             if moment == "write in flight":
-                wait_for(lambda: in_flight(killed), process)
+                jobs.wait_for(lambda: jobs.in_flight(killed), process, poll=0.002)
             else:
                 time.sleep(rng.uniform(0.0, 0.3))
         process.kill()
         stdout, _ = process.communicate()
         assert process.returncode == -signal.SIGKILL, f"the job ended before the kill ({moment})"
-        if expected_resume is not None and resumed_from(stdout) is not None:
-            assert resumed_from(stdout) == expected_resume
+        if expected_resume is not None and jobs.resumed_from(stdout) is not None:
+            assert jobs.resumed_from(stdout) == expected_resume
         if moment == "write in flight":
-            interrupted_writes += bool(in_flight(killed))
-        print(f"kill -9 ({moment}): resumed from {resumed_from(stdout)}, committed "
-              f"{committed(killed)}, left uncommitted {in_flight(killed)}")  # shown with -s
-        expected_resume = max(committed(killed), default=None)
+            interrupted_writes += bool(jobs.in_flight(killed))
+        print(f"kill -9 ({moment}): resumed from {jobs.resumed_from(stdout)}, committed "
+              f"{jobs.finished_steps(killed)}, left uncommitted {jobs.in_flight(killed)}")  # shown with -s
+        expected_resume = max(jobs.finished_steps(killed), default=None)
         if moment != "start-up":  # (killed in start-up, it may not have reached the lock)
             # The lock file still names the dead job; it must not block the restart.
             assert f"pid {process.pid} " in (killed / workdir_lib.LOCK_FILE).read_text()
 
     assert interrupted_writes >= 1, "no kill landed during a checkpoint write"
-    final = run_job(job_args(corpus, killed, *common), env)
-    assert resumed_from(final.stdout) == expected_resume
-    assert committed(killed)[-1] == stop and not in_flight(killed)
+    final = jobs.run(job_args(corpus, killed, *common), env)
+    assert jobs.resumed_from(final.stdout) == expected_resume
+    assert jobs.finished_steps(killed)[-1] == stop and not jobs.in_flight(killed)
 
-    a, b = saved_state(straight, stop), saved_state(killed, stop)
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    jobs.assert_same_state(jobs.saved_state(straight, stop), jobs.saved_state(killed, stop))
     # Steps run again after a kill reproduce their first run's loss exactly.
-    losses = {r["step"]: r["loss"] for r in metric_records(straight) if "loss" in r}
-    for record in metric_records(killed):
+    losses = jobs.losses(straight)
+    for record in jobs.metric_records(killed):
         if "loss" in record:
             assert record["loss"] == losses[record["step"]], record["step"]
 
@@ -340,12 +285,12 @@ def test_nonfinite_steps_are_skipped_counted_and_n_in_a_row_stop_the_loop(tmp_pa
     np.testing.assert_array_equal(np.asarray(state8.params["w"]), expected_params)
 
 
+@pytest.mark.slow
 def test_a_job_whose_data_turns_nonfinite_stops_with_the_last_good_checkpoint(corpus, env, trained,
                                                                                tmp_path):
     workdir = copy_of(trained, tmp_path)
     cache = pathlib.Path(shutil.copytree(corpus / "cache", tmp_path / "cache"))
-    [npy] = cache.glob("*.npy")
-    tokens = np.load(npy, mmap_mode="r+")
+    tokens = np.load(token_cache_of(workdir, cache), mmap_mode="r+")
     clean = np.array(tokens)
     tokens[:] = np.iinfo(tokens.dtype).max  # ids past the vocabulary: NaN embeddings and loss
     tokens.flush()
@@ -353,39 +298,47 @@ def test_a_job_whose_data_turns_nonfinite_stops_with_the_last_good_checkpoint(co
     args = job_args(corpus, workdir, "--config.train.max_nonfinite_in_a_row=2",
                     "--config.checkpoint.every_steps=2", "--config.train.stop_at_step=8",
                     cache_dir=cache)
-    result = run_job(args, env, expect_ok=False)
+    result = jobs.run(args, env, expect_ok=False)
     assert result.returncode == 1
     assert result.stderr.rstrip().splitlines()[-1].startswith(
         "error: 2 consecutive steps (up to step 6) had a non-finite loss or gradient")
     assert "The last good checkpoint, step 4, is intact" in result.stderr
     assert snapshot(workdir / "checkpoints") == before
-    bad = [r for r in metric_records(workdir) if r["step"] > 4]
+    bad = [r for r in jobs.metric_records(workdir) if r["step"] > 4]
     assert [(r["step"], r["nonfinite"], r["nonfinite_total"]) for r in bad] == [(5, 1, 1), (6, 1, 2)]
 
     tokens[:] = clean  # the data repaired, the job goes on from the last good checkpoint
     tokens.flush()
-    rerun = run_job(args, env)
-    assert resumed_from(rerun.stdout) == 4 and committed(workdir)[-1] == 8
+    rerun = jobs.run(args, env)
+    assert jobs.resumed_from(rerun.stdout) == 4 and jobs.finished_steps(workdir)[-1] == 8
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_during_a_save_is_reported_and_loses_nothing(corpus, env, trained, tmp_path):
     # A 1 MiB file-size limit: the state's ~5 MB files fail mid-save in the file system
     # itself (EFBIG, where a full disk gives ENOSPC), after the job has started writing.
     workdir = copy_of(trained, tmp_path)
     before = snapshot(workdir / "checkpoints")
+    # Orbax packs the arrays into data files of varying sizes: with files barely above the
+    # limit (1.1-1.6 MB, as a 4k vocabulary gave), a save could fit and the test flaked.
+    largest = max(size for path, (size, _) in before.items() if "/4/state/" in path)
+    assert largest > 4 * 2**20, f"checkpoint files of {largest:,} bytes are too close to the 1 MiB limit"
     args = job_args(corpus, workdir, "--config.checkpoint.every_steps=2",
                     "--config.checkpoint.max_to_keep=2", "--config.train.stop_at_step=8")
     limited = ["bash", "-c", 'ulimit -f 1024 && exec "$@"', "bash"]
-    result = run_job(args, env, expect_ok=False, prefix=limited)
-    assert result.returncode == 1
+    result = jobs.run([*limited, *args], env, expect_ok=False)
+    report = jobs.output(result)  # every assertion shows what the job printed
+    assert result.returncode == 1, report
     last = result.stderr.rstrip().splitlines()[-1]
-    assert last.startswith(f"error: writing checkpoint 6 in {workdir / 'checkpoints'} failed: ")
-    assert "File too large" in last and "The committed checkpoints (2, 4) are untouched" in last
+    assert last.startswith(f"error: writing checkpoint 6 in {workdir / 'checkpoints'} failed: "), report
+    assert "File too large" in last and "The committed checkpoints (2, 4) are untouched" in last, report
     # Saving 6 would have retired 2 (max_to_keep=2): a failed save retires nothing.
-    assert committed(workdir) == [2, 4] and untouched(before, workdir / "checkpoints")
-    rerun = run_job(args, env)  # space freed: the job goes on from the last commit
-    assert resumed_from(rerun.stdout) == 4
-    assert committed(workdir) == [6, 8] and not in_flight(workdir)
+    assert jobs.finished_steps(workdir) == [2, 4], report
+    assert untouched(before, workdir / "checkpoints"), report
+    rerun = jobs.run(args, env)  # space freed: the job goes on from the last commit
+    report = jobs.output(rerun)
+    assert jobs.resumed_from(rerun.stdout) == 4, report
+    assert jobs.finished_steps(workdir) == [6, 8] and not jobs.in_flight(workdir), report
 
 
 # --- 4. bad input ------------------------------------------------------------------------------
@@ -395,11 +348,11 @@ def test_a_disk_that_fills_during_a_save_is_reported_and_loses_nothing(corpus, e
     (b"caf\xe9 latte\n", "not valid UTF-8"),
     (b"Too short for one window.\n", "needs at least one window"),
 ])
-def test_bad_data_files_are_named_and_change_no_checkpoint(trained, tmp_path, content, message):
-    # In this process (main.py turns the ValueError into one `error:` line, as the job
+def test_bad_data_files_are_named_and_change_no_checkpoint(pretrained, tmp_path, content, message):
+    # In this process (main.py turns the DataError into one `error:` line, as the job
     # tests above show); the workdir holds checkpoints that must stay as they are.
     from gpt1_jax.jobs import pretrain
-    workdir = copy_of(trained, tmp_path)
+    workdir = copy_of(pretrained, tmp_path)
     text_file = tmp_path / "data.txt"
     text_file.write_bytes(content)
     config = load_config("tiny.py")
@@ -415,7 +368,7 @@ def test_bad_data_files_are_named_and_change_no_checkpoint(trained, tmp_path, co
 def test_a_workdir_that_cannot_be_written_is_refused_before_anything_else(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")  # root can write anywhere, but not under a file
-    result = run_main("--config=configs/tiny.py", f"--workdir={blocker / 'run'}", expect_ok=False)
+    result = jobs.main("--config=configs/tiny.py", f"--workdir={blocker / 'run'}", expect_ok=False)
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"error: workdir {blocker / 'run'} is not writable")
 
@@ -450,10 +403,10 @@ def test_a_second_job_on_a_live_jobs_workdir_is_refused_naming_it(corpus, env, t
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from gpt1_jax import workdir; "
          "workdir.WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)",
-         str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+         str(tmp_path)], cwd=jobs.REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        result = run_job(job_args(corpus, tmp_path), env, expect_ok=False)
+        result = jobs.run(job_args(corpus, tmp_path), env, expect_ok=False)
     finally:
         holder.kill()
         holder.wait()
@@ -472,7 +425,7 @@ def test_a_second_job_on_a_live_jobs_workdir_is_refused_naming_it(corpus, env, t
 @pytest.mark.parametrize("mode", ["finetune", "eval"])
 def test_fine_tuning_and_eval_jobs_take_the_lock_too(tmp_path, mode):
     with workdir_lib.WorkdirLock(tmp_path):  # held by this process: the job must be refused
-        result = run_main("--config=configs/finetune.py:sst2", f"--workdir={tmp_path}",
-                          f"--config.mode={mode}", expect_ok=False)
+        result = jobs.main("--config=configs/finetune.py:sst2", f"--workdir={tmp_path}",
+                           f"--config.mode={mode}", expect_ok=False)
     assert result.returncode == 1
     assert f"error: workdir {tmp_path} is in use by another job (pid {os.getpid()} on" in result.stderr

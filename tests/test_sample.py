@@ -1,7 +1,7 @@
-"""The sample command continues a prompt from a workdir's export with the cached decoder."""
+"""The sample command continues a prompt from a workdir's export with the cached decoder; the
+generation benchmark decodes the same tokens with and without the cache."""
 import dataclasses
-import pathlib
-import subprocess
+import json
 import sys
 
 import flax.linen as nn
@@ -9,13 +9,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import jobs
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import convert
+from gpt1_jax import convert, tokenizers
 from gpt1_jax import generate as generate_lib
 from gpt1_jax import model as model_lib
-from gpt1_jax import tokenizers
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CFG = model_lib.ModelConfig(vocab_size=40478, n_ctx=24, n_layer=1, n_head=2, d_model=32, d_ff=64,
                             init_std=0.3)
 
@@ -49,10 +48,22 @@ def test_a_long_prompt_keeps_its_end(workdir, capsys):
 
 
 def test_command_line(workdir):
-    done = subprocess.run([sys.executable, "-m", "gpt1_jax.sample", f"--workdir={workdir}",
-                           "--prompt=Hello there", "--max_new_tokens=5", "--top_k=5",
-                           "--temperature=0.7", "--num_samples=2"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = jobs.run([sys.executable, "-m", "gpt1_jax.sample", f"--workdir={workdir}",
+                     "--prompt=Hello there", "--max_new_tokens=5", "--top_k=5",
+                     "--temperature=0.7", "--num_samples=2"], timeout=120)
     lines = done.stdout.splitlines()
     assert lines[0] == "--- sample 1 ---" and lines[1].startswith("hello there")
+
+
+def test_generation_benchmark_decodes_the_same_tokens_with_and_without_the_cache(workdir):
+    from gpt1_jax import loading
+    from gpt1_jax.tools import bench_generate
+    result = bench_generate.benchmark(loading.load(workdir), batch_size=2, prompt_tokens=8, new_tokens=8,
+                                      repeats=1)
+    assert result["same_tokens"] and result["new_tokens"] == 8 and result["cached_s"] > 0
+    with pytest.raises(ValueError, match="exceeds the model's context of 24"):
+        bench_generate.benchmark(loading.load(workdir), 1, prompt_tokens=16, new_tokens=16, repeats=1)
+    # The documented command prints the result as one JSON object.
+    done = jobs.run([sys.executable, "-m", "gpt1_jax.bench_generate", f"--workdir={workdir}",
+                     "--prompt_tokens=4", "--new_tokens=4", "--repeats=1"], timeout=120)
+    assert json.loads(done.stdout.strip().splitlines()[-1])["same_tokens"]

@@ -16,18 +16,22 @@ from gpt1_jax import metrics
 from gpt1_jax.data import tasks
 from gpt1_jax.data.tasks import Example
 
-from conftest import SHARED_DATA
-GLUE_DIR = SHARED_DATA / "glue"
-STORY_CLOZE_DIR = SHARED_DATA / "story_cloze"
-needs_shared_data = pytest.mark.skipif(
-    not GLUE_DIR.is_dir() or not STORY_CLOZE_DIR.is_dir(), reason="shared data not present"
-)
+
+@pytest.fixture(scope="session")
+def glue_dir(shared_data) -> Path:
+    """The real GLUE files (conftest's shared_data: a failure, not a skip, when missing)."""
+    return shared_data / "glue"
 
 
-def _copy_story_cloze_as_tfds_names(folder: Path) -> None:
+@pytest.fixture(scope="session")
+def story_cloze_dir(shared_data) -> Path:
+    return shared_data / "story_cloze"
+
+
+def _copy_story_cloze_as_tfds_names(story_cloze_dir: Path, folder: Path) -> None:
     """The shared CSVs under the names TFDS's manual download asks for."""
     for which in ("val", "test"):
-        shutil.copy(STORY_CLOZE_DIR / tasks._STORY_CLOZE_FILES[which],
+        shutil.copy(story_cloze_dir / tasks._STORY_CLOZE_FILES[which],
                     folder / f"cloze_test_{which}__spring2016.csv")
 
 
@@ -103,32 +107,29 @@ def test_load_examples_argument_errors(tmp_path):
 # Real GLUE and Story Cloze files.
 
 
-@needs_shared_data
-def test_sst2_real():
-    dev = tasks.load_examples("sst2", "validation", GLUE_DIR)
+def test_sst2_real(glue_dir):
+    dev = tasks.load_examples("sst2", "validation", glue_dir)
     assert len(dev) == 872
     # Texts are kept verbatim, including SST-2's space before the tab.
     assert dev[0] == Example(("it 's a charming and often affecting journey . ",), 1, "0")
     assert dev[1] == Example(("unflinchingly bleak and desperate ",), 0, "1")
     assert sum(example.label for example in dev) == 444
-    assert len(tasks.load_examples("sst2", "train", GLUE_DIR)) == 67_349
+    assert len(tasks.load_examples("sst2", "train", glue_dir)) == 67_349
 
 
-@needs_shared_data
-def test_cola_real_headerless():
-    dev = tasks.load_examples("cola", "validation", GLUE_DIR)
+def test_cola_real_headerless(glue_dir):
+    dev = tasks.load_examples("cola", "validation", glue_dir)
     assert len(dev) == 1043
     assert dev[0] == Example(("The sailors rode the breeze clear of the rocks.",), 1, "0")
     assert sum(example.label for example in dev) == 721
-    train = tasks.load_examples("cola", "train", GLUE_DIR)
+    train = tasks.load_examples("cola", "train", glue_dir)
     assert len(train) == 8551
     assert train[0].texts == (
         "Our friends won't buy this analysis, let alone the next one we propose.",)
 
 
-@needs_shared_data
-def test_mrpc_real_with_bom_and_quotes():
-    dev = tasks.load_examples("mrpc", "validation", GLUE_DIR)
+def test_mrpc_real_with_bom_and_quotes(glue_dir):
+    dev = tasks.load_examples("mrpc", "validation", glue_dir)
     assert len(dev) == 408
     assert dev[0].label == 1
     assert dev[0].texts == (
@@ -136,25 +137,23 @@ def test_mrpc_real_with_bom_and_quotes():
         '"The foodservice pie business does not fit our long-term growth strategy.',
     )
     assert sum(example.label for example in dev) == 279
-    assert len(tasks.load_examples("mrpc", "train", GLUE_DIR)) == 3668
+    assert len(tasks.load_examples("mrpc", "train", glue_dir)) == 3668
 
 
-@needs_shared_data
-def test_stsb_real():
-    dev = tasks.load_examples("stsb", "validation", GLUE_DIR)
+def test_stsb_real(glue_dir):
+    dev = tasks.load_examples("stsb", "validation", glue_dir)
     assert len(dev) == 1500
     assert dev[0] == Example(
         ("A man with a hard hat is dancing.", "A man wearing a hard hat is dancing."), 5.0, "0")
     assert dev[1].label == pytest.approx(4.75)
     assert all(0.0 <= example.label <= 5.0 for example in dev)
-    assert len(tasks.load_examples("stsb", "train", GLUE_DIR)) == 5749
+    assert len(tasks.load_examples("stsb", "train", glue_dir)) == 5749
 
 
-@needs_shared_data
-def test_story_cloze_real_counts_and_split():
-    train = tasks.load_examples("story_cloze", "train", STORY_CLOZE_DIR)
-    validation = tasks.load_examples("story_cloze", "validation", STORY_CLOZE_DIR)
-    test = tasks.load_examples("story_cloze", "test", STORY_CLOZE_DIR)
+def test_story_cloze_real_counts_and_split(story_cloze_dir):
+    train = tasks.load_examples("story_cloze", "train", story_cloze_dir)
+    validation = tasks.load_examples("story_cloze", "validation", story_cloze_dir)
+    test = tasks.load_examples("story_cloze", "test", story_cloze_dir)
     assert (len(train), len(validation), len(test)) == (1497, 374, 1871)
     # The cut is a partition of the validation file's 1,871 stories.
     uids = [example.uid for example in train + validation]
@@ -182,11 +181,10 @@ def test_story_cloze_split_follows_sklearn_shuffle_split():
     assert validation == ["f", "c"]
 
 
-@needs_shared_data
-def test_story_cloze_accepts_other_file_names(tmp_path):
-    _copy_story_cloze_as_tfds_names(tmp_path)
+def test_story_cloze_accepts_other_file_names(tmp_path, story_cloze_dir):
+    _copy_story_cloze_as_tfds_names(story_cloze_dir, tmp_path)
     assert tasks.load_examples("story_cloze", "validation", tmp_path) == tasks.load_examples(
-        "story_cloze", "validation", STORY_CLOZE_DIR)
+        "story_cloze", "validation", story_cloze_dir)
     assert len(tasks.load_examples("story_cloze", "test", tmp_path)) == 1871
     shutil.copy(tmp_path / "cloze_test_val__spring2016.csv",
                 tmp_path / "cloze_test_val__spring2016 (1).csv")
@@ -558,7 +556,7 @@ def _write_mrpc_sources(folder: Path, glue: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tfds_dir(released, tmp_path_factory) -> str:
+def tfds_dir(released, story_cloze_dir, tmp_path_factory) -> str:
     """Every TFDS dataset the tasks use, prepared from local files with downloads redirected."""
     tfds = pytest.importorskip("tensorflow_datasets")
     import tensorflow_datasets.core.dataset_builder as dataset_builder
@@ -566,11 +564,9 @@ def tfds_dir(released, tmp_path_factory) -> str:
     from etils import epath
     from tensorflow_datasets.core.features import feature as feature_lib
 
-    if not STORY_CLOZE_DIR.is_dir():
-        pytest.skip("shared Story Cloze data not present")
     data_dir = tmp_path_factory.mktemp("tfds")
     manual_dir = tmp_path_factory.mktemp("manual")
-    _copy_story_cloze_as_tfds_names(manual_dir)
+    _copy_story_cloze_as_tfds_names(story_cloze_dir, manual_dir)
     _write_mrpc_sources(released / "msr", released / "glue")
 
     def local_copy(self, url_or_urls):
@@ -624,14 +620,14 @@ def test_tfds_uids(tfds_dir):
     assert sorted(example.uid for example in rte) == ["0", "1"]
 
 
-def test_tfds_story_cloze_real(tfds_dir):
+def test_tfds_story_cloze_real(tfds_dir, story_cloze_dir):
     test = tasks.load_examples("story_cloze", "test", tfds_dir, source="tfds")
-    assert _content(test) == _content(tasks.load_examples("story_cloze", "test", STORY_CLOZE_DIR))
+    assert _content(test) == _content(tasks.load_examples("story_cloze", "test", story_cloze_dir))
     train = tasks.load_examples("story_cloze", "train", tfds_dir, source="tfds")
     validation = tasks.load_examples("story_cloze", "validation", tfds_dir, source="tfds")
     assert (len(train), len(validation)) == (1497, 374)
-    from_files = tasks.load_examples("story_cloze", "train", STORY_CLOZE_DIR) + tasks.load_examples(
-        "story_cloze", "validation", STORY_CLOZE_DIR)
+    from_files = tasks.load_examples("story_cloze", "train", story_cloze_dir) + tasks.load_examples(
+        "story_cloze", "validation", story_cloze_dir)
     assert _content(train + validation) == _content(from_files)
 
 

@@ -21,8 +21,7 @@ import ftfy
 import pytest
 import spacy
 
-from gpt1_jax import assets
-from gpt1_jax import tokenizers
+from gpt1_jax import assets, tokenizers
 
 # Characters whose runs the original clean-up sets off with spaces. Its pattern also
 # names the backslash, but as "\\+" in a non-raw string, which the regex engine reads
@@ -57,7 +56,7 @@ class OriginalPipeline:
         """The lower-cased spaCy tokens that BPE sees."""
         return [token.text.lower() for token in self.nlp(self.standardize(ftfy.fix_text(text)))]
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache  # noqa: B019 (a few instances, each kept for the whole module)
     def bpe(self, word: str) -> tuple[str, ...]:
         symbols = list(word[:-1]) + [word[-1] + "</w>"]
         while len(symbols) > 1:

@@ -6,8 +6,7 @@ import ftfy
 import pytest
 import spacy
 
-from gpt1_jax import assets
-from gpt1_jax import tokenizers
+from gpt1_jax import assets, tokenizers
 
 NEWLINE_ID = 40477
 

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from gpt1_jax import model as model_lib
-from gpt1_jax import optim
+from gpt1_jax import optim, trainer
 from gpt1_jax import sharding as sharding_lib
-from gpt1_jax import trainer
 
 CFG = model_lib.ModelConfig(vocab_size=64, n_ctx=16, n_layer=2, n_head=2, d_model=32, d_ff=64,
                             embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
@@ -62,6 +61,7 @@ def test_remat_does_not_change_results(remat):
     assert _max_diff(params, params_r) <= 1e-6
 
 
+@pytest.mark.slow  # three compilations and their memory analyses
 def test_remat_lowers_the_memory_of_the_train_step():
     # Activations must dominate for remat to show: long windows, a small vocabulary.
     cfg = model_lib.ModelConfig(vocab_size=512, n_ctx=256, n_layer=4, n_head=4, d_model=128, d_ff=512)

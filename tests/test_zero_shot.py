@@ -1,16 +1,19 @@
 """Zero-shot evaluators: LM scoring is exact, each task's decision rule, the run-level curve."""
 
+import json
+import shutil
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jobs
 from gpt1_jax import model as model_lib
 from gpt1_jax import zero_shot
 from gpt1_jax.data.tasks import Example
-
-from conftest import SHARED_DATA as SHARED
 
 CFG = model_lib.ModelConfig(vocab_size=40, n_ctx=32, n_layer=1, n_head=2, d_model=16, d_ff=32)
 
@@ -101,12 +104,16 @@ def test_dprd_substitutes_each_candidate_and_scores_the_rest(tmp_path):
         zero_shot.read_dprd(tmp_path / "bad.txt")
 
 
-def test_curve_over_every_checkpoint_of_a_run_on_real_data(pretrained, shared_data):
-    data = zero_shot.load_zero_shot_data(glue_dir=SHARED / "glue", story_cloze_dir=SHARED / "story_cloze",
-                                         max_examples=16)
-    results = zero_shot.evaluate_run(pretrained, data, batch_size=8, progress=None)
+def test_the_command_draws_the_curve_over_every_checkpoint_of_a_run_on_real_data(pretrained, shared_data,
+                                                                                tmp_path):
+    workdir = shutil.copytree(pretrained, tmp_path / "run")
+    done = jobs.run([sys.executable, "-m", "gpt1_jax.cli.zero_shot", f"--workdir={workdir}",
+                     f"--glue_dir={shared_data / 'glue'}", f"--story_cloze_dir={shared_data / 'story_cloze'}",
+                     "--max_examples=16", "--batch_size=8"])
+    results = json.loads((workdir / "zero_shot.json").read_text())
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == results
     assert results["steps"] == [1, 2, 3]
     assert set(results["tasks"]) == {"cola", "sst2", "story_cloze"}
     assert all(len(v) == 3 for v in results["tasks"].values())
     assert all(0.0 <= v <= 1.0 for v in results["tasks"]["sst2"])
-    assert zero_shot.plot(results)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (workdir / "zero_shot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,65 @@
+"""How `python -m gpt1_jax.main` ends on a problem: a problem the user can fix (`UserError`)
+is one `error: ...` line and status 1; any other exception is a bug and keeps its traceback,
+never dressed up as an `error:` line.
+
+The bug is planted from outside, as a test must do it: a fresh interpreter imports the entry
+point, replaces its `run_job` with one that raises, and runs `main` as `python -m` would.
+"""
+import sys
+
+import pytest
+
+import jobs
+
+# argv[1:] are the job's flags; run_job raises the exception named by GPT1_JAX_TEST_BUG.
+PLANTED_BUG = """
+import os, sys
+from gpt1_jax import main
+from gpt1_jax.cli import common
+
+def run_job(config, workdir, stop):
+    raise eval(os.environ["GPT1_JAX_TEST_BUG"])
+
+main.run_job = run_job
+sys.argv = ["gpt1_jax.main", *sys.argv[1:]]
+common.run(main.main)
+"""
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def small_corpus(tmp_path) -> list[str]:
+    """Flags that point a job at a few lines of text (halves of ~500 tokens, so both hold a
+    window) and a token cache of its own."""
+    text_file = tmp_path / "book.txt"
+    text_file.write_text("It was the best of times, it was the worst of times.\n" * 40, encoding="utf-8")
+    return [f"--config.data.text_files={text_file}", f"--config.data.cache_dir={tmp_path / 'cache'}",
+            "--config.data.val_fraction=0.5"]
+
+
+# ValueError too: ConfigError and DataError are ValueErrors, yet a plain one is a bug.
+@pytest.mark.parametrize("bug", ['KeyError("bug")', 'ValueError("bug")'])
+def test_a_programming_error_keeps_its_traceback_and_is_no_error_line(tmp_path, bug):
+    result = jobs.run([sys.executable, "-c", PLANTED_BUG, "--config=configs/tiny.py",
+                       f"--workdir={tmp_path / 'run'}", "--config.train.progress=False"],
+                      jobs.env(GPT1_JAX_TEST_BUG=bug), expect_ok=False)
+    report = jobs.output(result)
+    assert result.returncode == 1, report
+    assert "Traceback (most recent call last)" in result.stderr, report
+    name = bug.split("(")[0]
+    assert f"{name}: " in result.stderr.rstrip().splitlines()[-1], report  # the exception, last
+    assert "in run_job" in result.stderr, report  # ...where it was raised
+    assert error_lines(result.stderr) == [], report
+
+
+def test_a_config_mistake_is_one_error_line_and_status_1(tmp_path):
+    # configs/tiny.py has d_model=32, which 5 heads cannot split.
+    result = jobs.main("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}",
+                       "--config.model.n_head=5", *small_corpus(tmp_path), expect_ok=False)
+    report = jobs.output(result)
+    assert result.returncode == 1, report
+    assert error_lines(result.stderr) == ["error: model.d_model=32 is not divisible by model.n_head=5"], report
+    assert result.stderr.rstrip().splitlines()[-1].startswith("error: "), report
+    assert "Traceback" not in result.stderr, report
