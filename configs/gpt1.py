@@ -33,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
         attention_block=64,    # einsum: queries per block; keys after a block are never scored (0: one block)
         dtype="float32",       # compute dtype; "bfloat16" for mixed precision
         remat="none",          # "dots" (per block: keep matmul outputs) or "block" (keep block inputs only)
-        scan_layers=False,     # True: one nn.scan over the blocks (params stacked on "layers"); compiles in a fraction of the time
+        scan_layers=False,     # True: one nn.scan over the blocks (params stacked on "layers");
+                               # compiles in a fraction of the time
     ))
 
     config.data = ml_collections.ConfigDict(dict(

@@ -204,8 +204,9 @@ def generate(config: model_lib.ModelConfig, params, prompts: Sequence[Sequence[i
 def sample_text(loaded, prompts: Sequence[str], max_new_tokens: int,
            sampling: Sampling, seed: int = 0, num_samples: int = 1,
            stop_token: int = -1) -> list[str]:
-    """`num_samples` continuations, by `loaded` (a loading.LoadedModel), of each prompt, as decoded text (prompt included), in
-    prompt-major order. A prompt too long for the context loses its first tokens."""
+    """`num_samples` continuations of each prompt by `loaded` (a loading.LoadedModel), as
+    decoded text (prompt included), in prompt-major order. A prompt too long for the context
+    loses its first tokens."""
     cfg, tokenizer = loaded.config, loaded.tokenizer
     if tokenizer is None:
         raise ConfigError("the model records no tokenizer: cannot read the prompt")

@@ -568,5 +568,6 @@ def load_tokenizer(directory: PathLike) -> Tokenizer:
                          f"{tokenizer.vocab_size}")
     if config.get("fingerprint") != tokenizer.fingerprint():
         warnings.warn(f"{config_path}: the fingerprint differs from the saved one; the files or the "
-                      "ftfy/spaCy/sentencepiece versions changed, so ids may differ from the saved run's")
+                      "ftfy/spaCy/sentencepiece versions changed, so ids may differ from the saved run's",
+                      stacklevel=2)
     return tokenizer

@@ -10,8 +10,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from etils import epath
-from gcs import BUCKET, gcs_env
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gcs import BUCKET, gcs_env
 
 
 def test_epath_reads_writes_lists_and_removes_on_gs(gcs_bucket_url):

@@ -10,10 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt1_jax import demo_text
+from gpt1_jax import demo_text, plots
 from gpt1_jax import generate as generate_lib
 from gpt1_jax import model as model_lib
-from gpt1_jax import plots
 from gpt1_jax.data import reference
 
 VOCAB = 6  # token 5 never occurs in training: the smoothing must still give it a finite loss

@@ -13,8 +13,8 @@ import sys
 import time
 
 import pytest
-from gcs import BUCKET
 
+from gcs import BUCKET
 from gpt1_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
