@@ -536,7 +536,13 @@ def train_sentencepiece(text_files: Sequence[PathLike], vocab_size: int, model_p
         model_type="bpe", character_coverage=1.0, num_threads=1,
         input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
         max_sentence_length=1 << 16, bos_id=-1, eos_id=-1, minloglevel=2)
-    return sentencepiece_tokenizer(f"{model_prefix}.model")
+    # The trained model records its output path (a temporary one in the jobs); cleared, the
+    # same corpus and settings give the same bytes, fingerprint and token cache every time.
+    from sentencepiece import sentencepiece_model_pb2
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(_read_bytes(f"{model_prefix}.model", "SentencePiece model"))
+    proto.trainer_spec.model_prefix = ""
+    return SentencePieceTokenizer(proto.SerializeToString(), name=f"{model_prefix}.model")
 
 
 # --------------------------------------------------------------------------

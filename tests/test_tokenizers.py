@@ -281,6 +281,9 @@ def test_sentencepiece_training_is_deterministic(corpus, tmp_path):
     second = tokenizers.train_sentencepiece([corpus], 500, tmp_path / "model")
     assert (tmp_path / "model.model").read_bytes() == model_bytes
     assert first.fingerprint() == second.fingerprint()
+    # Where the model was written does not matter either (jobs train into temporary folders).
+    elsewhere = tokenizers.train_sentencepiece([corpus], 500, tmp_path / "elsewhere" / "other")
+    assert elsewhere.fingerprint() == first.fingerprint()
 
 
 def test_sentencepiece_save_load_and_fingerprint(sp, gpt1, tmp_path):
