@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import flax.linen as nn
 import jax
@@ -193,6 +194,46 @@ def test_a_second_signal_during_the_checkpoint_write_does_not_interrupt_it(capfd
     err = capfd.readouterr().err
     assert "SIGINT: already stopping after SIGTERM" in err and "SIGTERM: checkpointed step 3" in err
     assert signal.getsignal(signal.SIGINT) is previous  # the caller's handlers are back
+
+
+class _RecordingCheckpointer:
+    def __init__(self):
+        self.saved = []
+
+    def save(self, step, state, data_state, meta):
+        self.saved.append(step)
+
+    def wait(self):
+        pass
+
+
+def test_a_signal_before_the_loop_is_kept_and_stops_it_at_its_first_step(capfd):
+    # The job installs the stop first; a SIGTERM while it tokenizes, compiles or restores
+    # is kept, and the loop checkpoints its first step and stops.
+    state, step_fn, batches, _ = _tiny_regression([0] * 10)
+    checkpointer = _RecordingCheckpointer()
+    cfg = trainer.LoopConfig(num_steps=10, progress=False, checkpoint_every_steps=1000)
+    with trainer.StopRequested(grace_period_secs=0) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        state, _ = trainer.train_loop(state, step_fn, _Batches(batches), lambda b: b, cfg, _Writer(),
+                                      checkpointer, {}, stop_requested=stop)
+    assert int(state.step) == 1 and checkpointer.saved == [1]
+    assert "SIGTERM: checkpointed step 1, exiting" in capfd.readouterr().err
+
+
+def test_checkpoint_every_secs_saves_by_time_at_log_steps(monkeypatch):
+    state, step_fn, batches, _ = _tiny_regression([0] * 9)
+    now = [0.0]  # the loop's clock: each batch takes 7 s
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(
+        monotonic=lambda: now[0], perf_counter=time.perf_counter, time=time.time))
+    advance = lambda i: now.__setitem__(0, now[0] + 7.0)
+    checkpointer = _RecordingCheckpointer()
+    cfg = trainer.LoopConfig(num_steps=9, progress=False, checkpoint_every_steps=1000,
+                             checkpoint_every_secs=20.0, log_every_steps=3)
+    trainer.train_loop(state, step_fn, _Batches(batches, advance), lambda b: b, cfg, _Writer(),
+                       checkpointer, {})
+    # Due by time at every log step (3, 6), never between them; the last step always.
+    assert checkpointer.saved == [3, 6, 9]
 
 
 # --- 2. crash safety ---------------------------------------------------------------------------
