@@ -22,11 +22,11 @@ the bundled ~2.5 M tokens.
 """
 import json
 import logging
-import os
 import pathlib
-import tempfile
 
 import numpy as np
+
+from gpt1_jax import rundir
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def reference_levels(train_N: np.ndarray, val_N: np.ndarray, vocab_size: int,
     levels = {"unigram_loss": unigram_loss(train_N, val_N, vocab_size),
               "bigram_loss": bigram_loss(train_N, val_N, vocab_size)}
     if cache_file is not None:
-        _write_json_atomically(pathlib.Path(cache_file), {**identity, **levels})
+        rundir.write_json(cache_file, {**identity, **levels})
     return levels
 
 
@@ -120,15 +120,3 @@ def _read_cached(path: pathlib.Path, identity: dict) -> dict[str, float] | None:
         pass
     log.info("reference levels in %s describe another split or method; recomputing", path)
     return None
-
-
-def _write_json_atomically(path: pathlib.Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
