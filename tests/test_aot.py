@@ -73,6 +73,7 @@ def test_gpt1_fits_on_v5e_8():
 
 
 @needs_libtpu
+@pytest.mark.slow  # a TPU compile of tens of seconds of CPU
 def test_too_big_exits_1_with_one_line(tmp_path):
     """GPT-2 large at batch 512 on one v5e chip: the compiler refuses it and the tool says
     how far over it is in one line (arguments and what the compiler reported)."""
@@ -89,6 +90,7 @@ def test_too_big_exits_1_with_one_line(tmp_path):
 
 
 @needs_libtpu
+@pytest.mark.slow  # a TPU compile of tens of seconds of CPU
 def test_fsdp_and_tensor_parallel_mesh_compiles_with_gathers_and_scatters():
     cfg = config(**SMALL)
     cfg.mesh.update(data=1, fsdp=4, tensor=2)
@@ -100,6 +102,7 @@ def test_fsdp_and_tensor_parallel_mesh_compiles_with_gathers_and_scatters():
 
 
 @needs_libtpu
+@pytest.mark.slow  # a TPU compile of tens of seconds of CPU
 def test_fast_effort_over_states_memory_and_says_so():
     """--effort=fast (the compiler's lowest effort) plans at least the memory of the job's
     own compile, and the report says which compile it comes from."""
@@ -115,6 +118,7 @@ def test_fast_effort_over_states_memory_and_says_so():
 
 
 @needs_libtpu
+@pytest.mark.slow  # a TPU compile of tens of seconds of CPU
 def test_auto_effort_answers_no_fit_from_the_full_compile(monkeypatch):
     """A fast plan that does not fit is not the answer: auto recompiles as the job does."""
     monkeypatch.setitem(aot.TPU_GENERATIONS, "v5e", (2 ** 20, False))  # a 1 MiB chip
