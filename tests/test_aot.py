@@ -80,7 +80,7 @@ def test_too_big_exits_1_with_one_line(tmp_path):
     out = tmp_path / "aot.json"
     result = run_aot("--config=configs/gpt2_large.py", "--topology=v5e-1", "--config.train.batch_size=512",
                      "--config.mesh.fsdp=1", "--config.mesh.tensor=1", "--config.model.scan_layers=True",
-                     "--config.model.remat=none", "--effort=fast", f"--out={out}")
+                     "--config.model.remat=dots", "--effort=fast", f"--out={out}")
     assert result.returncode == 1, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("needs ") and ("GiB per chip of 16 GiB on v5e-1 (the fast compile's plan; "
