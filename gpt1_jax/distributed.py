@@ -147,10 +147,10 @@ def _stop_watching() -> None:
 
 
 def exit_now(status: int) -> None:
-    """Exits at once. With several processes the interpreter's normal exit would wait in
-    jax.distributed's shutdown barrier for peers that have already gone."""
+    """Exits at once, after a failure whose message is already printed. The interpreter's
+    normal exit would wait in jax.distributed's shutdown barrier for peers that have gone,
+    and lets asyncio log the failed writes of an abandoned checkpoint after the message,
+    which must stay the last line. (The job's writers and checkpointer are closed by then.)"""
     sys.stdout.flush()
     sys.stderr.flush()
-    if is_multiprocess():
-        os._exit(status)
-    sys.exit(status)
+    os._exit(status)
