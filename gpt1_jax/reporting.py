@@ -73,7 +73,7 @@ class MetricsWriter:
         self._path = workdir / rundir.METRICS
         if resume_step is not None and self._path.exists():
             self._lines = [line for line in self._path.read_text().splitlines(keepends=True)
-                           if _logged_step(line) is not None and _logged_step(line) <= resume_step]
+                           if (step := _logged_step(line)) is not None and step <= resume_step]
         self._tb_dir = workdir / rundir.TENSORBOARD
         self._mirror = rundir.local_mirror(self._tb_dir)
         local = self._mirror.__enter__()

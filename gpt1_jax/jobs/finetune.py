@@ -44,10 +44,17 @@ def transplant(pretrained_params, fresh_params, transfer_layers: int):
     return params
 
 
-def _task_params_target(model, s: int, max_len: int, mesh, rules):
-    """The task model's abstract parameters, in their shardings on `mesh`."""
-    boxed = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, s, max_len), jnp.int32),
-                                                jnp.zeros((1, s), jnp.int32))["params"], jax.random.key(0))
+def _task_init(model, s: int, max_len: int):
+    """`init(rng) -> boxed params` of a task model over `s` sequences of `max_len` tokens."""
+    def init(rng):
+        return model.init(rng, jnp.zeros((1, s, max_len), jnp.int32), jnp.zeros((1, s), jnp.int32))["params"]
+    return init
+
+
+def _sharded_target(init, mesh, rules):
+    """The abstract parameters `init(rng)` would make, in their shardings on `mesh`: a
+    restore target."""
+    boxed = jax.eval_shape(init, jax.random.key(0))
     return trainer.with_shardings(nn.meta.unbox(boxed), sharding_lib.tree_shardings(boxed, mesh, rules))
 
 
@@ -100,15 +107,13 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
     model = heads.task_model(spec, mcfg, config.finetune.clf_pdrop)
     tx = optim.make_optimizer(ocfg)
 
-    def init_params(rng):
-        return model.init(rng, jnp.zeros((1, s, data.max_len), jnp.int32),
-                          jnp.zeros((1, s), jnp.int32))["params"]
+    init_params = _task_init(model, s, data.max_len)
 
     def initial_params(mesh, shardings):
         if pretrained is None or not config.finetune.load_pretrained_weights:
             return None
-        body = model_lib.GPT1(base_cfg)
-        target = trainer.with_shardings(*_abstract_and_shardings(body, mesh, settings.sharding_rules(config)))
+        body = model_lib.GPT1(base_cfg)  # the pretrained model's own tree, as it was saved
+        target = _sharded_target(model_lib.init_params_fn(body, 8), mesh, settings.sharding_rules(config))
         pretrained_params = pretrained.load_params(target)
         if base_cfg.scan_layers:  # a training checkpoint of a scanned run
             pretrained_params = jax.jit(model_lib.per_layer_params)(pretrained_params)
@@ -173,12 +178,6 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
     return summary
 
 
-def _abstract_and_shardings(module, mesh, rules):
-    boxed = jax.eval_shape(lambda r: module.init(r, jnp.zeros((1, 8), jnp.int32))["params"],
-                           jax.random.key(0))
-    return nn.meta.unbox(boxed), sharding_lib.tree_shardings(boxed, mesh, rules)
-
-
 def run_eval(config: ml_collections.ConfigDict, workdir) -> dict:
     """Evaluates a fine-tuned model (`init_from`, default: `workdir`) on its task's evaluation
     splits; writes the metrics under `eval` in `<workdir>/summary.json` and the predictions."""
@@ -197,8 +196,8 @@ def run_eval(config: ml_collections.ConfigDict, workdir) -> dict:
     model = heads.task_model(spec, mcfg, config.finetune.clf_pdrop)
     s = next(iter(data.evals.values()))["tokens"].shape[1]
     mesh = sharding_lib.make_mesh(dict(config.mesh))
-    params = source.load_params(_task_params_target(model, s, data.max_len, mesh,
-                                                    settings.sharding_rules(config)))
+    params = source.load_params(_sharded_target(_task_init(model, s, data.max_len), mesh,
+                                                settings.sharding_rules(config)))
     results = evaluate.evaluate_splits(model, params, data, config.train.batch_size, workdir)
     rundir.update_summary(workdir, {"eval": results, "evaluated": str(source.path)},
                           write=jax.process_index() == 0)
