@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fit table for docs/aot.md: every config on every target, compiled ahead of time on this machine.
 #
-#   launch/aot_table.sh [OUT_DIR] [docs/aot.md]
+#   launch/aot_table.sh [OUT_DIR] [README.md]
 #   CONFIGS="gpt1 gpt2_medium" TOPOLOGIES="v5e-8" launch/aot_table.sh   # a smaller grid
 #   RENDER_ONLY=1 launch/aot_table.sh OUT_DIR   # only rewrite the table from the reports there
 #   TOPOLOGIES="h200" PYTHONPATH=/path/to/cuda_plugin launch/aot_table.sh   # 8 GPUs, one host
@@ -15,7 +15,7 @@
 # OUT_DIR as JSON; a rerun reuses them, so an interrupted table resumes where it stopped.
 set -euo pipefail
 OUT=${1:-aot_runs}
-DOC=${2:-docs/aot.md}
+DOC=${2:-README.md}
 CONFIGS=${CONFIGS:-"gpt1 gpt2_medium gpt2_large"}
 TOPOLOGIES=${TOPOLOGIES:-"v5e-8 v5p-8 v6e-8 v4-32"}
 PYTHON=${PYTHON:-python}
@@ -52,13 +52,22 @@ for config in $CONFIGS; do
       if compile "$config.$topology.remat_$remat.b$batch" "$config" "$topology" \
           --config.model.remat=$remat --config.train.batch_size="$batch"; then break; fi
     done
-    # The largest power-of-2 batch without remat: double from 8 until it no longer fits.
-    b=8
-    while compile "$config.$topology.remat_none.b$b" "$config" "$topology" \
-        --config.model.remat=none --config.train.batch_size=$b; do
-      b=$((b * 2))
-      (( b > 8192 )) && break
-    done
+    # The largest power-of-2 batch without remat: from the config's batch (already compiled
+    # above), doubling while it fits, else halving until it does.
+    b=$batch
+    if compile "$config.$topology.remat_none.b$b" "$config" "$topology" \
+        --config.model.remat=none --config.train.batch_size=$b; then
+      while (( b < 8192 )) && compile "$config.$topology.remat_none.b$((b * 2))" "$config" "$topology" \
+          --config.model.remat=none --config.train.batch_size=$((b * 2)); do
+        b=$((b * 2))
+      done
+    else
+      while (( b > 1 )); do
+        b=$((b / 2))
+        compile "$config.$topology.remat_none.b$b" "$config" "$topology" \
+          --config.model.remat=none --config.train.batch_size=$b && break
+      done
+    fi
   done
 done
 
@@ -96,7 +105,7 @@ for (config, topology), rs in sorted(runs.items()):
     if largest:
         largest_text = ("≥ " if open_top else "") + f"{largest[0]} ({gib(largest[1]['per_chip_bytes']['total'])})"
     else:
-        largest_text = "none fits" if ("none", 8) in tried else "not finished"
+        largest_text = "none fits" if ("none", 1) in tried else "not finished"
     ref = cheapest[1] if cheapest else (largest[1] if largest else rs[0][2])
     rows.append(f"| {config} | {topology} | {ref['mesh']} | {largest_text} | {own_text}"
                 + f" | {coll(ref)} | {ref['compile_seconds']:.0f} ({ref['compile_cpu_seconds']:.0f}), {ref.get('effort', 'full')} |")

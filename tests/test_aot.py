@@ -160,6 +160,19 @@ def test_compiled_parameter_shardings_are_the_jobs():
     assert any(spec for spec in jax.tree_util.tree_leaves(job_specs, is_leaf=lambda x: isinstance(x, tuple)))
 
 
+@needs_libtpu
+def test_the_cpu_compiler_options_go_only_to_cpu_devices():
+    """The train step's XLA options follow the devices it is compiled for, not this host's
+    backend: an ahead-of-time TPU compile from a CPU machine gets none of XLA:CPU's."""
+    def options(devices):
+        mesh = sharding_lib.make_mesh({"data": len(devices), "fsdp": 1, "tensor": 1}, devices)
+        return trainer.train_step_compiler_options(
+            sharding_lib.batch_sharding(mesh, sharding_lib.DEFAULT_RULES))
+    assert jax.default_backend() == "cpu"
+    assert options(jax.devices("cpu")[:1]) == {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+    assert options(aot.resolve_target("v5e-8").devices) == {}
+
+
 def test_collectives_in_loops_count_per_iteration():
     hlo = """HloModule m
 

@@ -36,6 +36,9 @@ def test_benchmark_times_both_sides_at_the_same_shape(tmp_path):
     profile = json.loads((profile_dir / "profile.json").read_text())
     assert abs(sum(row["ms"] for row in profile["parts"]) + profile["unattributed_ms"]
                - profile["total_ms"]) < 0.01
+    # The reference's side of the same run, per kind of aten op.
+    hf_parts = {row["part"] for row in reference["profile"]}
+    assert {"attention matmuls (bmm)", "linear layers and head (mm/addmm)", "softmax"} <= hf_parts
 
 
 def test_categorize_names_the_part_of_the_model_and_the_pass():
@@ -52,6 +55,15 @@ def test_categorize_names_the_part_of_the_model_and_the_pass():
         "dropout random bits"
     assert profiling.categorize("jit(step)/jvp(GPT1)/h_1/ln_2/reduce_sum") == "layernorm"
     assert profiling.categorize("jit(step)/mul") == profiling.OPTIMIZER
+
+
+def test_summarize_torch_groups_aten_ops_by_kind():
+    summary = profiling.summarize_torch({"aten::addmm": 3000.0, "aten::mm": 1000.0, "aten::bmm": 2000.0,
+                                         "aten::_softmax_backward_data": 500.0, "aten::add_": 500.0})
+    parts = {row["part"]: row["ms"] for row in summary["parts"]}
+    assert parts == {"linear layers and head (mm/addmm)": 4.0, "attention matmuls (bmm)": 2.0,
+                     "softmax [backward]": 0.5, "elementwise and other": 0.5}
+    assert summary["total_ms"] == 7.0 and summary["top_ops"][0]["op"] == "aten::addmm"
 
 
 def test_summarize_adds_up_each_part_and_keeps_the_unattributed_rest():

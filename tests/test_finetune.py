@@ -29,6 +29,7 @@ def _batch(s, length=12, b=3, seed=1):
     return tokens, pos
 
 
+@pytest.mark.slow
 def test_classification_head_reads_the_hidden_state_at_the_classify_token():
     model = heads.TaskModel(CFG, "classification", 3, sum_sequences=False)
     params = _init(model, 1)
@@ -44,6 +45,7 @@ def test_classification_head_reads_the_hidden_state_at_the_classify_token():
     np.testing.assert_array_equal(logits, model.apply({"params": params}, later, pos)[0])
 
 
+@pytest.mark.slow
 def test_similarity_adds_both_orders_before_the_head():
     model = heads.TaskModel(CFG, "classification", 2, sum_sequences=True)
     params = _init(model, 2)
@@ -56,6 +58,7 @@ def test_similarity_adds_both_orders_before_the_head():
     np.testing.assert_allclose(logits, pooled @ params["clf"]["kernel"] + params["clf"]["bias"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_multiple_choice_scores_each_answer_sequence():
     model = heads.TaskModel(CFG, "multiple_choice", 1, sum_sequences=False)
     params = _init(model, 4)
@@ -132,7 +135,6 @@ def test_sst2_fine_tuning_and_eval_mode_on_the_real_data(pretrained, shared_data
     assert wrong.returncode != 0 and "fine-tuned on 'sst2'" in wrong.stderr
 
 
-@pytest.mark.slow
 def test_story_cloze_multiple_choice_without_the_auxiliary_loss(pretrained, shared_data, tmp_path):
     _finetune("story_cloze", shared_data / "story_cloze", tmp_path, pretrained,
               "--config.train.num_steps=2", "--config.finetune.lm_coef=0")
@@ -142,6 +144,7 @@ def test_story_cloze_multiple_choice_without_the_auxiliary_loss(pretrained, shar
     assert "lm_loss" not in records[-1] and "task_loss" in records[-1]
 
 
+@pytest.mark.slow
 def test_an_unknown_task_is_an_error_naming_the_known_ones(tmp_path):
     result = jobs.main("--config=configs/finetune.py:sst3", f"--workdir={tmp_path}", expect_ok=False)
     assert result.returncode != 0 and "unknown task 'sst3'" in result.stderr and "sst2" in result.stderr

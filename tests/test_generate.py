@@ -21,6 +21,7 @@ def params():
     return nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
 
 
+@pytest.mark.slow
 def test_prefill_then_single_steps_give_the_full_forward_logits(params):
     model = model_lib.GPT1(CFG)
     tokens_BxT = jax.random.randint(jax.random.key(1), (2, 12), 0, CFG.vocab_size)
@@ -37,6 +38,7 @@ def test_prefill_then_single_steps_give_the_full_forward_logits(params):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full_BxTxV, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cached_greedy_decoding_equals_recomputation_token_for_token(params):
     cached = generate_lib.generate(CFG, params, PROMPTS, 20)
     recomputed = generate_lib.generate(CFG, params, PROMPTS, 20, use_cache=False)
@@ -45,12 +47,14 @@ def test_cached_greedy_decoding_equals_recomputation_token_for_token(params):
     assert len({t for row in cached for t in row}) >= 3  # not a degenerate repetition
 
 
+@pytest.mark.slow
 def test_a_row_decodes_the_same_alone_as_in_a_padded_batch(params):
     batched = generate_lib.generate(CFG, params, PROMPTS, 20)
     alone = [generate_lib.generate(CFG, params, [p], 20)[0] for p in PROMPTS]
     assert batched == alone
 
 
+@pytest.mark.slow
 def test_sampling_with_cache_equals_sampling_by_recomputation(params):
     sampling = generate_lib.Sampling(temperature=0.9, top_k=20, top_p=0.9)
     rng = jax.random.key(7)
@@ -72,6 +76,7 @@ def test_stop_token_ends_a_row_and_the_others_go_on(params):
     assert np.all(np.asarray(new_BxN)[0, int(num_new_B[0]):] == generate_lib.PAD_ID)
 
 
+@pytest.mark.slow
 def test_compiled_once_per_shape(params):
     kwargs = dict(config=CFG, sampling=generate_lib.Sampling(temperature=0.5), max_new_tokens=6)
     before = generate_lib.generate_tokens._cache_size()

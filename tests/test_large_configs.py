@@ -50,7 +50,7 @@ def _path(key_path) -> str:
 
 @pytest.mark.parametrize("name, n_layer, d_model, n_head, approx_params", [
     ("gpt2_medium", 24, 1024, 16, 345e6),
-    ("gpt2_large", 36, 1280, 20, 762e6),
+    pytest.param("gpt2_large", 36, 1280, 20, 762e6, marks=pytest.mark.slow),
 ])
 def test_state_shards_over_data_fsdp_tensor_as_the_rules_say(name, n_layer, d_model, n_head, approx_params):
     config = _config(name)

@@ -31,7 +31,9 @@ def test_fine_tuning_specials_add_three_embedding_rows():
     assert with_specials - base == 3 * TINY.d_model
 
 
-@pytest.mark.parametrize("attention, block", [("einsum", 0), ("einsum", 4), ("dot_product", 0)])
+@pytest.mark.parametrize("attention, block", [
+    pytest.param("einsum", 0, marks=pytest.mark.slow), ("einsum", 4),
+    pytest.param("dot_product", 0, marks=pytest.mark.slow)])
 def test_changing_a_token_never_changes_earlier_logits(attention, block):
     cfg = dataclasses.replace(TINY, attention=attention, attention_block=block)
     model, params = _init(cfg, t=12)
@@ -44,6 +46,7 @@ def test_changing_a_token_never_changes_earlier_logits(attention, block):
         assert not np.allclose(np.asarray(logits[:, t:]), np.asarray(logits_changed[:, t:]))
 
 
+@pytest.mark.slow
 def test_attention_implementations_agree():
     model_e, params = _init(dataclasses.replace(TINY, attention="einsum"), t=10)
     model_d = model_lib.GPT1(dataclasses.replace(TINY, attention="dot_product"))
@@ -52,7 +55,9 @@ def test_attention_implementations_agree():
                                model_d.apply({"params": params}, tokens)[0], atol=2e-5)
 
 
-@pytest.mark.parametrize("block", [4, 5])  # 16 = 4 blocks of 4; blocks of 5 leave a ragged last one
+# 16 = 4 blocks of 4; blocks of 5 leave a ragged last one
+@pytest.mark.slow
+@pytest.mark.parametrize("block", [4, 5])
 def test_block_causal_attention_equals_full_attention(block):
     model_full, params = _init(dataclasses.replace(TINY, attention_block=0), t=16)
     model_blocked = model_lib.GPT1(dataclasses.replace(TINY, attention_block=block))
@@ -60,10 +65,10 @@ def test_block_causal_attention_equals_full_attention(block):
 
     def mean_logit(model, params):
         return jnp.mean(model.apply({"params": params}, tokens)[0] ** 2)
-    full, grads_full = jax.value_and_grad(lambda p: mean_logit(model_full, p))(params)
-    blocked, grads_blocked = jax.value_and_grad(lambda p: mean_logit(model_blocked, p))(params)
-    np.testing.assert_allclose(model_blocked.apply({"params": params}, tokens)[0],
-                               model_full.apply({"params": params}, tokens)[0], rtol=0, atol=1e-6)
+    full, grads_full = jax.jit(jax.value_and_grad(lambda p: mean_logit(model_full, p)))(params)
+    blocked, grads_blocked = jax.jit(jax.value_and_grad(lambda p: mean_logit(model_blocked, p)))(params)
+    forward = lambda model: jax.jit(model.apply)({"params": params}, tokens)[0]
+    np.testing.assert_allclose(forward(model_blocked), forward(model_full), rtol=0, atol=1e-6)
     np.testing.assert_allclose(blocked, full, rtol=1e-6)
     for g_b, g_f in zip(jax.tree_util.tree_leaves(grads_blocked), jax.tree_util.tree_leaves(grads_full)):
         np.testing.assert_allclose(g_b, g_f, rtol=0, atol=1e-6)

@@ -27,6 +27,7 @@ def leaves(tree):
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
+@pytest.mark.slow
 def test_job_writes_metrics_summary_checkpoints_and_export(corpus, tmp_path):
     run_job(corpus, tmp_path, "--config.train.num_steps=4", "--config.checkpoint.every_steps=2")
     summary = json.loads((tmp_path / "summary.json").read_text())

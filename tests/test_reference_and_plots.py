@@ -140,6 +140,7 @@ def test_continuations_are_reproducible_and_greedy_is_temperature_zero(params):
     assert len(other_seeds | {first["sampled"]}) > 1  # the seed is used
 
 
+@pytest.mark.slow
 def test_continuations_fit_the_context(params):
     texts = demo_text.continuations(CFG, params, CharTokenizer(), "x" * 30, max_new_tokens=50)
     assert len(texts["greedy"]) == 2  # 32 positions - 30 prompt tokens

@@ -29,6 +29,7 @@ def workdir(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_greedy_sample_is_the_prompt_and_the_generated_tokens(workdir):
     loaded = convert.read_orbax(workdir)
     prompts = ["It was a dark and stormy night.", "Emma"]

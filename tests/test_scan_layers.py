@@ -23,7 +23,8 @@ def per_layer_params(cfg):
     return nn.meta.unbox(init(jax.random.key(0), jnp.zeros((1, cfg.n_ctx), jnp.int32))["params"])
 
 
-@pytest.mark.parametrize("remat", ["none", "dots", "block"])
+@pytest.mark.parametrize("remat", [pytest.param("none", marks=pytest.mark.slow), "dots",
+                                   pytest.param("block", marks=pytest.mark.slow)])
 def test_scanned_loss_and_gradients_equal_per_layer(remat):
     cfg = dataclasses.replace(TINY, remat=remat)
     scanned_cfg = dataclasses.replace(cfg, scan_layers=True)
@@ -62,6 +63,7 @@ def test_scanned_parameters_carry_the_layers_axis_first():
     assert kernel.value.shape == (TINY.n_layer, 16, 3, 2, 8)
 
 
+@pytest.mark.slow
 def test_scanned_decoding_matches_a_full_forward_pass():
     cfg = dataclasses.replace(TINY, scan_layers=True)
     params = model_lib.stack_layers(per_layer_params(TINY))

@@ -55,6 +55,7 @@ def _train(devices, mesh_sizes, steps=3):
     return losses, jax.device_get(state.params), state
 
 
+@pytest.mark.slow
 def test_data_fsdp_tensor_mesh_trains_like_one_device():
     assert jax.device_count() >= 8, "conftest.py sets 8 simulated CPU devices"
     losses_1, params_1, _ = _train(jax.devices()[:1], {"data": 1, "fsdp": 1, "tensor": 1})

@@ -176,6 +176,7 @@ def test_chunked_encode_equals_unchunked_original(gpt1, reference, monkeypatch, 
         assert gpt1.encode(text) == reference.encode(text)
 
 
+@pytest.mark.slow
 def test_whole_book_equals_unchunked_original(gpt1, reference):
     book = read_book("emma.txt")  # 0.9M characters: many default-sized pieces
     assert gpt1.encode(book) == reference.encode(book)
@@ -190,6 +191,7 @@ def test_paragraph_ids_joined_by_newline_give_the_document_ids(gpt1, reference):
         assert joined == reference.encode(text)
 
 
+@pytest.mark.slow
 def test_encode_batch_on_worker_processes_equals_encode(gpt1):
     texts = book_excerpts() + [TRICKY, "", "\n"]
     assert gpt1.encode_batch(texts, num_workers=2, progress=True) == [gpt1.encode(t) for t in texts]

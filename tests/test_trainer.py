@@ -46,6 +46,7 @@ def _max_diff(a, b):
         lambda x, y: float(np.max(np.abs(x - y))), a, b)))
 
 
+@pytest.mark.slow
 def test_four_microbatches_equal_one_step_on_the_whole_batch():
     losses_1, params_1 = _run(CFG, microbatches=1)
     losses_4, params_4 = _run(CFG, microbatches=4)
@@ -53,6 +54,7 @@ def test_four_microbatches_equal_one_step_on_the_whole_batch():
     assert _max_diff(params_1, params_4) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["dots", "block"])
 def test_remat_does_not_change_results(remat):
     losses, params = _run(CFG)
@@ -89,6 +91,7 @@ def test_remat_lowers_the_memory_of_the_train_step():
     assert block < 0.85 * none, (none, dots, block)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters_and_a_float32_loss():
     cfg = dataclasses.replace(CFG, dtype="bfloat16")
     state, step = _step_fn(cfg)

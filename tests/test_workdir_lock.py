@@ -138,6 +138,7 @@ def test_gs_lease_of_a_killed_job_is_taken_over_after_its_ttl(gcs_bucket_url, ca
         taker.release()
 
 
+@pytest.mark.slow
 def test_gs_lease_renewal_keeps_a_live_holder_and_reports_a_takeover(gcs_bucket_url, caplog):
     ttl = 1.5
     holder = workdir_lib.WorkdirLock(gcs_bucket_url, ttl_secs=ttl)

@@ -24,6 +24,7 @@ def scorer():
     return zero_shot.LMScorer(CFG, params, batch_size=4)
 
 
+@pytest.mark.slow
 def test_token_logprobs_equal_the_models_log_softmax_for_any_padding(scorer):
     sequences = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10, 11]]
     got = scorer.token_logprobs(sequences)
@@ -33,6 +34,7 @@ def test_token_logprobs_equal_the_models_log_softmax_for_any_padding(scorer):
         np.testing.assert_allclose(lp, want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_continuation_score_is_the_mean_over_the_continuation_only(scorer):
     score = scorer.continuation_mean_logprob([[1, 2, 3]], [[4, 5]])
     lp = scorer.token_logprobs([[1, 2, 3, 4, 5]])[0]

@@ -31,10 +31,11 @@ batch 8; `gpt1` = the paper's model (12 x 768, 40,478 tokens, 512 positions), ba
 on a CPU and 64 on an accelerator. float32 unless `--dtype=bfloat16` (the project
 computes in bf16 with float32 parameters; the reference runs under torch.autocast).
 
-`--profile=DIR` also traces two of the project's steps (after the timed ones, so the
-timing is unaffected) and prints the time per part of the model (profiling.py): the
-vocabulary projection, the MLP and attention matmuls, softmax, LayerNorm, dropout, the
-optimizer. `--attention_block=0` measures full T x T attention instead of the block-causal one.
+`--profile=DIR` also traces two more steps of each side (after the timed ones, so the
+timing is unaffected) and prints where each spends its time (profiling.py): the project's
+per part of the model (the vocabulary projection, the MLP and attention matmuls, softmax,
+LayerNorm, dropout, the optimizer), the reference's per kind of aten op (torch.profiler).
+`--attention_block=0` measures full T x T attention instead of the block-causal one.
 """
 import importlib.metadata
 import json
@@ -78,8 +79,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation, a
 _STEPS = flags.DEFINE_integer("steps", 12, "Timed steps of each side, in all.")
 _TURN_STEPS = flags.DEFINE_integer("turn_steps", 2, "Timed steps of a side per turn (after one untimed).")
 _PROFILE = flags.DEFINE_string(
-    "profile", None, "Also trace 2 project steps into this directory and print where the time "
-    "goes, per part of the model (profiling.py); written to DIR/profile.json.")
+    "profile", None, "Also trace 2 more steps of each side into this directory and print where the time "
+    "goes (profiling.py); written to DIR/profile.json and DIR/profile_hf.json.")
 _WORKER = flags.DEFINE_enum("worker", None, ["project", "hf"], "Internal: run one side here.")
 
 
@@ -238,6 +239,8 @@ def hf_session(shape: dict, batch: int) -> Session:
 
     def report() -> dict:
         peak = torch.cuda.max_memory_allocated() if cuda else _rss_bytes()
+        if _PROFILE.value:
+            _profile_torch(run_step, wait, _PROFILE.value)
         kind = f"gpu {torch.cuda.get_device_name()}" if cuda else "cpu"
         return {"peak_memory_bytes": int(peak), "baseline_memory_bytes": baseline,
                 "device_kind": kind, "loss": float(holder["loss"]), "batch_size": batch,
@@ -249,6 +252,21 @@ def hf_session(shape: dict, batch: int) -> Session:
                             "interop_threads": torch.get_num_interop_threads()}}
 
     return Session(batch, run_step, wait, report)
+
+
+def _profile_torch(run_step, wait, out_dir: str) -> None:
+    """Profiles 2 more reference steps; writes the time per kind of op to out_dir/profile_hf.json."""
+    import torch
+
+    from gpt1_jax.tools import profiling
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            wait(run_step())
+    self_micros = {e.key: float(e.self_cpu_time_total) for e in prof.key_averages()}
+    summary = profiling.summarize_torch(self_micros)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile_hf.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def serve(session: Session) -> None:
@@ -280,7 +298,7 @@ class _Worker:
                 f"--dropout={_DROPOUT.value}"]
         if _BACKEND.value:
             argv.append(f"--attention_backend={_BACKEND.value}")
-        if _PROFILE.value and side == "project":
+        if _PROFILE.value:
             argv.append(f"--profile={_PROFILE.value}")
         # Both processes live at once: on a GPU, JAX must not take most of its memory.
         env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
@@ -432,7 +450,12 @@ def main(argv) -> None:
         from gpt1_jax.tools import profiling
         profile = json.loads((pathlib.Path(_PROFILE.value) / "profile.json").read_text())
         result["profile"] = profile["parts"]
-        print(profiling.format_table(profile), file=sys.stderr)
+        print("gpt1-jax:\n" + profiling.format_table(profile), file=sys.stderr)
+        hf_profile = pathlib.Path(_PROFILE.value) / "profile_hf.json"
+        if hf_profile.exists():
+            reference = json.loads(hf_profile.read_text())
+            result["reference"]["profile"] = reference["parts"]
+            print("HF PyTorch:\n" + profiling.format_table(reference), file=sys.stderr)
     text = json.dumps(result, indent=2)
     print(text)
     if _OUT.value:

@@ -7,6 +7,11 @@ op_name into a part of the model (the vocabulary projection, attention softmax, 
 the optimizer, ...) and whether it ran in the backward pass, and `summarize` adds up the
 traced time of each part.
 
+`summarize_torch` does the same for the HF PyTorch reference from torch.profiler's per-op
+table (aten ops carry no module path, so its parts are kinds of op: linear layers, batched
+attention matmuls, softmax, LayerNorm, dropout, ...), so both sides of one bench run can be
+read side by side.
+
 Used by `python -m gpt1_jax.tools.bench --profile=DIR`.
 """
 import collections
@@ -99,3 +104,42 @@ def format_table(summary: dict, rows: int = 12) -> str:
         lines.append(f"{row['ms']:9.1f}  {row['percent']:5.1f}  {row['part']}")
     lines.append(f"{summary['unattributed_ms']:9.1f}         unattributed (copies, runtime)")
     return "\n".join(lines)
+
+
+# torch.profiler op name -> part, for the HF reference (first match wins). HF's OpenAIGPT
+# computes every projection (QKV, attention output, MLP) with Conv1D = addmm, the attention
+# scores and probs x values with matmul -> bmm, and the tied head with a plain matmul (mm).
+_TORCH_PARTS = (
+    ("dropout", ("dropout", "bernoulli")),
+    ("attention matmuls (bmm)", ("bmm", "baddbmm")),
+    ("linear layers and head (mm/addmm)", ("addmm", "aten::mm", "aten::linear")),
+    ("softmax", ("softmax",)),
+    ("layernorm", ("layer_norm",)),
+    ("loss (cross-entropy)", ("log_softmax", "nll_loss", "cross_entropy")),
+    ("gelu (tanh, pow, ...)", ("tanh", "pow")),
+    ("optimizer, clipping", ("adam", "_foreach", "norm", "clip")),
+    ("embeddings", ("embedding",)),
+    ("copies and layout", ("copy_", "clone", "contiguous", "cat", "transpose", "permute", "view",
+                           "reshape", "as_strided", "empty", "zero_", "fill_", "where")),
+)
+
+
+def summarize_torch(op_self_micros: dict[str, float]) -> dict:
+    """{aten op: self CPU microseconds} (torch.profiler's key_averages) -> the same summary
+    as `summarize`: time per part, largest first, and the 10 largest ops."""
+    per_part = collections.Counter()
+    for name, micros in op_self_micros.items():
+        lowered = name.lower()
+        part = next((part for part, keys in _TORCH_PARTS if any(k in lowered for k in keys)),
+                    "elementwise and other")
+        per_part[part + (" [backward]" if "backward" in lowered else "")] += micros
+    total = sum(per_part.values())
+    as_ms = lambda micros: round(micros / 1e3, 3)
+    top = sorted(op_self_micros.items(), key=lambda kv: -kv[1])[:10]
+    return {
+        "total_ms": as_ms(total),
+        "parts": [{"part": part, "ms": as_ms(t), "percent": round(100 * t / total, 1) if total else 0.0}
+                  for part, t in per_part.most_common()],
+        "top_ops": [{"op": op, "source": "torch", "ms": as_ms(t)} for op, t in top],
+        "unattributed_ms": 0.0,
+    }
