@@ -206,6 +206,26 @@ ENTRY %main (a: f32[4]) -> f32[4] {
     }
 
 
+def test_one_collective_split_over_async_fusions_counts_once():
+    """XLA:TPU's async collective fusions carry a copy of one all-gather in each fusion of
+    its chain, all with one channel_id: one all-gather per run, not one per fusion."""
+    fusion = """%async_collective_fusion.{i} (p: bf16[2,8]) -> (bf16[16,8], f32[4]) {{
+  %ag = bf16[16,8]{{1,0}} all-gather(%p), channel_id=89, dimensions={{0}}
+  ROOT %t = (bf16[16,8], f32[4]) tuple(%ag, %x)
+}}
+"""
+    hlo = "HloModule m\n\n" + "".join(fusion.format(i=i) for i in range(3)) + """
+ENTRY %main (a: bf16[2,8]) -> f32[4] {
+  %f0 = (bf16[16,8], f32[4]) fusion(%a), kind=kOutput, calls=%async_collective_fusion.0
+  %f1 = (bf16[16,8], f32[4]) fusion(%a), kind=kOutput, calls=%async_collective_fusion.1
+  %f2 = (bf16[16,8], f32[4]) fusion(%a), kind=kOutput, calls=%async_collective_fusion.2
+  %g = bf16[16,8]{1,0} all-gather(%a), channel_id=90, dimensions={0}
+  ROOT %o = f32[4] get-tuple-element(%f2), index=1
+}
+"""
+    assert aot.collectives_per_step(hlo) == {"all-gather": {"count": 2, "bytes": 2 * 16 * 8 * 2}}
+
+
 @pytest.mark.skipif(HAS_CUDA_PLUGIN, reason="the CUDA plugin is installed")
 def test_missing_cuda_plugin_exits_2():
     result = run_aot("--config=configs/gpt1.py", "--topology=h200")

@@ -324,6 +324,7 @@ _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _FUSED_COLLECTIVE = re.compile(r"(all-reduce-scatter|reduce-scatter|all-gather|all-reduce|all-to-all|"
                                r"collective-permute)(?:[.\d]*)$")
 _CONDITION = re.compile(r"condition=%?([\w.\-]+)")
+_CHANNEL = re.compile(r"\bchannel_id=(\d+)")
 _LOOP_BOUND = re.compile(r"s32\[\]\S* constant\((\d+)\)")
 _ARRAY = re.compile(r"\b([a-z]+\d*(?:e\d+m\d+\w*)?)\[([\d,]*)\]")
 
@@ -386,16 +387,29 @@ def collectives_per_step(hlo_text: str) -> dict:
     memo: dict[str, dict] = {}
 
     def tally(name: str) -> dict:
+        """{key: {"kind", "count", "bytes"}} of one run of computation `name`. A collective
+        with a channel_id is keyed by it: XLA:TPU's async collective fusions split one
+        collective over a chain of fusions that each hold a copy of it, all with the same
+        channel, so that key counts once however many fusions of a run show it."""
         if name in memo:
             return memo[name]
         memo[name] = {}  # guards against cycles
         totals: dict = {}
 
         def add(other: dict, times: int = 1):
-            for kind, value in other.items():
-                slot = totals.setdefault(kind, {"count": 0, "bytes": 0})
-                slot["count"] += value["count"] * times
-                slot["bytes"] += value["bytes"] * times
+            for key, value in other.items():
+                scaled = {**value, "count": value["count"] * times, "bytes": value["bytes"] * times}
+                if key not in totals:
+                    totals[key] = scaled
+                elif key.startswith("channel "):
+                    if scaled["bytes"] > totals[key]["bytes"]:
+                        totals[key] = scaled
+                else:
+                    totals[key] = {**scaled, "count": totals[key]["count"] + scaled["count"],
+                                   "bytes": totals[key]["bytes"] + scaled["bytes"]}
+
+        def biggest(options: list[dict]) -> dict:
+            return max(options, key=lambda t: sum(v["bytes"] for v in t.values()), default={})
 
         for line in bodies.get(name, []):
             match = _INSTRUCTION.match(line)
@@ -404,16 +418,16 @@ def collectives_per_step(hlo_text: str) -> dict:
             shape, opcode, rest = match.groups()
             base = opcode.removesuffix("-start")
             if base in COLLECTIVES and not opcode.endswith("-done"):
-                add({base: {"count": 1, "bytes": _result_bytes(shape, opcode)}})
+                channel = _CHANNEL.search(rest)
+                key = f"channel {channel.group(1)}" if channel else f"{name}/{line.split('=')[0].strip()}"
+                add({key: {"kind": base, "count": 1, "bytes": _result_bytes(shape, opcode)}})
             branches = _BRANCHES.search(rest)
             if branches:
-                options = [tally(b.strip().lstrip("%")) for b in branches.group(1).split(",")]
-                add(max(options, key=lambda t: sum(v["bytes"] for v in t.values()), default={}))
+                add(biggest([tally(b.strip().lstrip("%")) for b in branches.group(1).split(",")]))
                 continue
             called = _CALLED.findall(rest)
             if opcode == "conditional" and called:
-                options = [tally(c) for c in called]
-                add(max(options, key=lambda t: sum(v["bytes"] for v in t.values()), default={}))
+                add(biggest([tally(c) for c in called]))
                 continue
             times = 1
             if opcode == "while":
@@ -425,13 +439,18 @@ def collectives_per_step(hlo_text: str) -> dict:
                 if fused:
                     # XLA:TPU emits a reduce-scatter as a fusion named all-reduce-scatter
                     kind = "reduce-scatter" if fused.group(1) == "all-reduce-scatter" else fused.group(1)
-                    add({kind: {"count": 1, "bytes": _result_bytes(shape, opcode)}}, times)
+                    add({callee: {"kind": kind, "count": 1, "bytes": _result_bytes(shape, opcode)}}, times)
                     continue
                 add(tally(callee), times)
         memo[name] = totals
         return totals
 
-    return tally(entry) if entry else {}
+    per_kind: dict = {}
+    for value in (tally(entry) if entry else {}).values():
+        slot = per_kind.setdefault(value["kind"], {"count": 0, "bytes": 0})
+        slot["count"] += value["count"]
+        slot["bytes"] += value["bytes"]
+    return per_kind
 
 
 # ---------------------------------------------------------------------------------------------
