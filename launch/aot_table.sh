@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fit table for docs/aot.md: every config on every target, compiled ahead of time on this machine.
+# Fit table for the README: every config on every target, compiled ahead of time on this machine.
 #
 #   launch/aot_table.sh [OUT_DIR] [README.md]
 #   CONFIGS="gpt1 gpt2_medium" TOPOLOGIES="v5e-8" launch/aot_table.sh   # a smaller grid
@@ -8,8 +8,8 @@
 #
 # Per (config, target): the largest power-of-2 global batch that fits with remat=none, and the
 # cheapest remat (none < dots < block) that fits the config's own batch, each with its per-chip
-# memory and collectives. Every compile uses model.scan_layers=True (same memory and collectives
-# as the unrolled blocks, a fraction of the compile time) and --effort=auto (EFFORT=full for the
+# memory and collectives. Each config compiles as it is (its dtype, mesh, model.scan_layers: GPT-1
+# unrolled, the GPT-2 widths scanned) with --effort=auto (EFFORT=full for the
 # job's exact plans everywhere): a fit is judged on the fast compile's plan, an upper estimate,
 # and every "does not fit" on the full compile. The eval step is not compiled. Reports land in
 # OUT_DIR as JSON; a rerun reuses them, so an interrupted table resumes where it stopped.
@@ -28,14 +28,14 @@ compile() {  # compile NAME CONFIG TOPOLOGY ARGS...: OUT/NAME.json; status 0 fit
   [[ $topology == h* || $topology == a100* ]] && gpus=(--num_gpus=8)
   if [[ ! -s "$OUT/$name.json" ]]; then
     "$PYTHON" -m gpt1_jax.aot --config="configs/$config.py" --topology="$topology" "${gpus[@]}" \
-      --effort="$EFFORT" --eval_step=False --config.model.scan_layers=True "$@" \
+      --effort="$EFFORT" --eval_step=False "$@" \
       --out="$OUT/$name.json.tmp" >"$OUT/$name.log" 2>&1 || true
     if [[ ! -s "$OUT/$name.json.tmp" && $EFFORT != full ]]; then
       # libtpu 0.0.42.1 has crashed (SIGSEGV) in a fast compile that compiles at full effort
       # (gpt2_large, remat=block, v5e-8): retry as the job compiles.
       mv "$OUT/$name.log" "$OUT/$name.fast.log"
       "$PYTHON" -m gpt1_jax.aot --config="configs/$config.py" --topology="$topology" "${gpus[@]}" \
-        --effort=full --eval_step=False --config.model.scan_layers=True "$@" \
+        --effort=full --eval_step=False "$@" \
         --out="$OUT/$name.json.tmp" >"$OUT/$name.log" 2>&1 || true
     fi
     [[ -s "$OUT/$name.json.tmp" ]] && mv "$OUT/$name.json.tmp" "$OUT/$name.json"
