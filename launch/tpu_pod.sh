@@ -37,9 +37,12 @@ tar -C "$repo" --exclude=.git --exclude=.venv --exclude=runs --exclude=build --e
     --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache -czf "$stage/gpt1_jax.tgz" .
 
 # The training command, each word quoted here once, so any flag value survives the ssh hop.
+# Attention: the einsum blocks, the one option with the paper's dropout on attention
+# probabilities; the Pallas flash/splash kernels have none, and at T=512 attention is not what
+# fills a TPU chip (docs/aot.md), so the launcher keeps the recipe.
 printf -v train_command ' %q' .venv/bin/python -m gpt1_jax.main --config=configs/gpt1.py \
     --workdir="$workdir" --config.distributed.initialize=True --config.mesh.data=-1 \
-    --config.train.grace_period_secs=25 "$@"
+    --config.train.grace_period_secs=25 --config.model.attention=einsum "$@"
 {
     echo '#!/usr/bin/env bash'
     echo "train_command=($train_command )"
