@@ -39,6 +39,14 @@ compile() {  # compile NAME CONFIG TOPOLOGY ARGS...: OUT/NAME.json; status 0 fit
         --out="$OUT/$name.json.tmp" >"$OUT/$name.log" 2>&1 || true
     fi
     [[ -s "$OUT/$name.json.tmp" ]] && mv "$OUT/$name.json.tmp" "$OUT/$name.json"
+    # A config the target cannot run at all (e.g. a mesh larger than the slice) is a finding
+    # too: its one error line is kept as the report, so the table shows it.
+    local error
+    error=$(grep -m1 '^error: ' "$OUT/$name.log" || true)
+    if [[ ! -s "$OUT/$name.json" && -n $error ]]; then
+      "$PYTHON" -c 'import json,sys; json.dump({"fits": False, "error": sys.argv[1][7:]}, open(sys.argv[2], "w"))' \
+        "$error" "$OUT/$name.json"
+    fi
   fi
   [[ -s "$OUT/$name.json" ]] && "$PYTHON" -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["fits"] else 1)' "$OUT/$name.json"
 }
@@ -87,6 +95,11 @@ def mesh(m):
 rows = ["| config | target | mesh | largest batch, remat=none (GiB/chip) | config batch: cheapest remat (GiB/chip of HBM) | collectives per step and chip | compile CPU s, plan |",
         "|---|---|---|---:|---|---|---:|"]
 for (config, topology), rs in sorted(runs.items()):
+    errors = [r["error"] for m, b, r in rs if "error" in r]
+    if errors and all("error" in r for m, b, r in rs):
+        rows.append(f"| {config} | {topology} | | does not run: {errors[0]} | | | |")
+        continue
+    rs = [(m, b, r) for m, b, r in rs if "error" not in r]
     fits_none = [(b, r) for m, b, r in rs if m == "none" and r["fits"]]
     largest = max(fits_none, key=lambda x: x[0], default=None)
     order = {"none": 0, "dots": 1, "block": 2}
