@@ -3,6 +3,7 @@ import json
 import sys
 
 import numpy as np
+import pytest
 
 import jobs
 from gpt1_jax.tools import profiling
@@ -81,3 +82,15 @@ def test_summarize_adds_up_each_part_and_keeps_the_unattributed_rest():
     assert summary["total_ms"] == 10.0 and summary["unattributed_ms"] == 2.0
     assert summary["parts"] == [{"part": "vocabulary projection", "ms": 4.0, "percent": 40.0},
                                 {"part": "mlp matmuls [backward]", "ms": 4.0, "percent": 40.0}]
+
+
+@pytest.mark.slow
+def test_a_profile_without_a_reference_reports_the_project_side_only(tmp_path):
+    # A profile_hf.json left by an earlier run in the same folder is not this run's reference.
+    (tmp_path / "profile_hf.json").write_text('{"parts": []}')
+    out = tmp_path / "bench.json"
+    jobs.run([sys.executable, "-m", "gpt1_jax.bench", "--shape=tiny", "--reference=none", "--warmup=1",
+              "--steps=2", f"--out={out}", f"--profile={tmp_path}"])
+    result = json.loads(out.read_text())
+    assert "reference" not in result and "ratio" not in result
+    assert {"vocabulary projection", "mlp matmuls"} <= {row["part"] for row in result["profile"]}

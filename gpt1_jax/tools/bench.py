@@ -187,7 +187,13 @@ def _profile(train_step, holder, batch, run_step, out_dir: str) -> None:
         jax.block_until_ready(run_step())
     jax.profiler.stop_trace()
     summary = profiling.summarize(profiling.trace_events(out), profiling.op_names(hlo_text))
-    (out / "profile.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_profile(out, "profile.json", summary)
+
+
+def _write_profile(out_dir, file_name: str, summary: dict) -> None:
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / file_name).write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def hf_session(shape: dict, batch: int) -> Session:
@@ -263,10 +269,7 @@ def _profile_torch(run_step, wait, out_dir: str) -> None:
         for _ in range(2):
             wait(run_step())
     self_micros = {e.key: float(e.self_cpu_time_total) for e in prof.key_averages()}
-    summary = profiling.summarize_torch(self_micros)
-    out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "profile_hf.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_profile(out_dir, "profile_hf.json", profiling.summarize_torch(self_micros))
 
 
 def serve(session: Session) -> None:
@@ -448,14 +451,13 @@ def main(argv) -> None:
     result = benchmark()
     if _PROFILE.value:
         from gpt1_jax.tools import profiling
-        profile = json.loads((pathlib.Path(_PROFILE.value) / "profile.json").read_text())
-        result["profile"] = profile["parts"]
-        print("gpt1-jax:\n" + profiling.format_table(profile), file=sys.stderr)
-        hf_profile = pathlib.Path(_PROFILE.value) / "profile_hf.json"
-        if hf_profile.exists():
-            reference = json.loads(hf_profile.read_text())
-            result["reference"]["profile"] = reference["parts"]
-            print("HF PyTorch:\n" + profiling.format_table(reference), file=sys.stderr)
+        sides = [("gpt1-jax", result, "profile.json")]
+        if "reference" in result:  # not a stale file of an earlier run
+            sides.append(("HF PyTorch", result["reference"], "profile_hf.json"))
+        for label, side, file_name in sides:
+            summary = json.loads((pathlib.Path(_PROFILE.value) / file_name).read_text())
+            side["profile"] = summary["parts"]
+            print(f"{label}:\n" + profiling.format_table(summary), file=sys.stderr)
     text = json.dumps(result, indent=2)
     print(text)
     if _OUT.value:
