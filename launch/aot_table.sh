@@ -27,22 +27,21 @@ compile() {  # compile NAME CONFIG TOPOLOGY ARGS...: OUT/NAME.json; status 0 fit
   local gpus=()
   [[ $topology == h* || $topology == a100* ]] && gpus=(--num_gpus=8)
   if [[ ! -s "$OUT/$name.json" ]]; then
-    "$PYTHON" -m gpt1_jax.aot --config="configs/$config.py" --topology="$topology" "${gpus[@]}" \
-      --effort="$EFFORT" --eval_step=False "$@" \
-      --out="$OUT/$name.json.tmp" >"$OUT/$name.log" 2>&1 || true
-    if [[ ! -s "$OUT/$name.json.tmp" && $EFFORT != full ]]; then
-      # libtpu 0.0.42.1 has crashed (SIGSEGV) in a fast compile that compiles at full effort
-      # (gpt2_large, remat=block, v5e-8): retry as the job compiles.
-      mv "$OUT/$name.log" "$OUT/$name.fast.log"
+    local effort error
+    for effort in "$EFFORT" full; do
       "$PYTHON" -m gpt1_jax.aot --config="configs/$config.py" --topology="$topology" "${gpus[@]}" \
-        --effort=full --eval_step=False "$@" \
+        --effort="$effort" --eval_step=False "$@" \
         --out="$OUT/$name.json.tmp" >"$OUT/$name.log" 2>&1 || true
-    fi
+      error=$(grep -m1 '^error: ' "$OUT/$name.log" || true)
+      # Retried at full effort only after a crash (no report, no error line): libtpu 0.0.42.1
+      # has crashed (SIGSEGV) in a fast compile that compiles at full effort (gpt2_large,
+      # remat=block, v5e-8). An error line would only repeat itself.
+      [[ -s "$OUT/$name.json.tmp" || -n $error || $effort == full ]] && break
+      mv "$OUT/$name.log" "$OUT/$name.fast.log"
+    done
     [[ -s "$OUT/$name.json.tmp" ]] && mv "$OUT/$name.json.tmp" "$OUT/$name.json"
     # A config the target cannot run at all (e.g. a mesh larger than the slice) is a finding
     # too: its one error line is kept as the report, so the table shows it.
-    local error
-    error=$(grep -m1 '^error: ' "$OUT/$name.log" || true)
     if [[ ! -s "$OUT/$name.json" && -n $error ]]; then
       "$PYTHON" -c 'import json,sys; json.dump({"fits": False, "error": sys.argv[1][7:]}, open(sys.argv[2], "w"))' \
         "$error" "$OUT/$name.json"

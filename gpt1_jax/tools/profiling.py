@@ -86,11 +86,16 @@ def summarize(events: list[dict], names: dict[str, str]) -> dict:
             per_op[(name, names[name])] += micros
         else:
             unattributed += micros
+    return _summary(per_part, per_op, unattributed)
+
+
+def _summary(per_part: collections.Counter, per_op: collections.Counter, unattributed: float) -> dict:
+    """The summary both sides share, from microseconds per part and per (op, source)."""
     total = sum(per_part.values()) + unattributed
     as_ms = lambda micros: round(micros / 1e3, 3)
     return {
         "total_ms": as_ms(total),
-        "parts": [{"part": part, "ms": as_ms(t), "percent": round(100 * t / total, 1)}
+        "parts": [{"part": part, "ms": as_ms(t), "percent": round(100 * t / total, 1) if total else 0.0}
                   for part, t in per_part.most_common()],
         "top_ops": [{"op": op, "source": source, "ms": as_ms(t)}
                     for (op, source), t in per_op.most_common(10)],
@@ -133,13 +138,5 @@ def summarize_torch(op_self_micros: dict[str, float]) -> dict:
         part = next((part for part, keys in _TORCH_PARTS if any(k in lowered for k in keys)),
                     "elementwise and other")
         per_part[part + (" [backward]" if "backward" in lowered else "")] += micros
-    total = sum(per_part.values())
-    as_ms = lambda micros: round(micros / 1e3, 3)
-    top = sorted(op_self_micros.items(), key=lambda kv: -kv[1])[:10]
-    return {
-        "total_ms": as_ms(total),
-        "parts": [{"part": part, "ms": as_ms(t), "percent": round(100 * t / total, 1) if total else 0.0}
-                  for part, t in per_part.most_common()],
-        "top_ops": [{"op": op, "source": "torch", "ms": as_ms(t)} for op, t in top],
-        "unattributed_ms": 0.0,
-    }
+    per_op = collections.Counter({(name, "torch"): micros for name, micros in op_self_micros.items()})
+    return _summary(per_part, per_op, 0.0)
