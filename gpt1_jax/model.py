@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gpt1_jax import dense
 from gpt1_jax.dropout import Dropout
 from gpt1_jax.errors import ConfigError
 
@@ -167,6 +168,7 @@ class CausalSelfAttention(nn.Module):
             dtype=dtype,
             kernel_init=_normal(cfg, "embed", None, "heads", "kv"),
             bias_init=_zeros(None, "heads", "kv"),
+            dot_general=dense.dot_general,
             name="c_attn",
         )(x_BxTxD)
         q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
@@ -195,6 +197,7 @@ class CausalSelfAttention(nn.Module):
             dtype=dtype,
             kernel_init=_normal(cfg, "heads", "kv", "embed"),
             bias_init=_zeros("embed"),
+            dot_general=dense.dot_general,
             name="c_proj",
         )(out_BxTxHxK)
         return Dropout(cfg.resid_pdrop)(y_BxTxD, deterministic=deterministic)
@@ -224,10 +227,11 @@ class MLP(nn.Module):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         h_BxTxF = nn.Dense(cfg.d_ff, dtype=dtype, kernel_init=_normal(cfg, "embed", "mlp"),
-                           bias_init=_zeros("mlp"), name="c_fc")(x_BxTxD)
+                           bias_init=_zeros("mlp"), dot_general=dense.dot_general, name="c_fc")(x_BxTxD)
         h_BxTxF = jax.nn.gelu(h_BxTxF, approximate=True)
         y_BxTxD = nn.Dense(cfg.d_model, dtype=dtype, kernel_init=_normal(cfg, "mlp", "embed"),
-                           bias_init=_zeros("embed"), name="c_proj")(h_BxTxF)
+                           bias_init=_zeros("embed"), dot_general=dense.dot_general,
+                           name="c_proj")(h_BxTxF)
         return Dropout(cfg.resid_pdrop)(y_BxTxD, deterministic=deterministic)
 
 
