@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jobs
-from gpt1_jax.tools import profiling
+from gpt1_jax.tools import bench, profiling
 
 
 def test_benchmark_times_both_sides_at_the_same_shape(tmp_path):
@@ -29,6 +29,11 @@ def test_benchmark_times_both_sides_at_the_same_shape(tmp_path):
     for side in (result, reference):
         assert side["peak_memory_bytes"] > side["baseline_memory_bytes"] > 0
         assert 0 < side["mfu"] < 1
+        assert side["matmul_flops_per_sec"] > 1e9  # any CPU of this decade, one thread or more
+    # On a CPU, MFU is against the faster runtime's measured matmul rate.
+    assert result["peak_flops"] == max(result["matmul_flops_per_sec"], reference["matmul_flops_per_sec"])
+    assert result["matmul_ratio"] == result["matmul_flops_per_sec"] / reference["matmul_flops_per_sec"]
+    assert result["machine"]["cpus"] >= 1
     # Both models start near ln(vocab) on random tokens and take a few steps.
     assert abs(result["final_loss"] - reference["final_loss"]) < 0.5
     parts = {row["part"] for row in result["profile"]}
@@ -40,6 +45,36 @@ def test_benchmark_times_both_sides_at_the_same_shape(tmp_path):
     # The reference's side of the same run, per kind of aten op.
     hf_parts = {row["part"] for row in reference["profile"]}
     assert {"attention matmuls (bmm)", "linear layers and head (mm/addmm)", "softmax"} <= hf_parts
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+cpu family\t: {family}
+model\t\t: {model}
+model name\t: {name}
+flags\t\t: fpu sse2 avx2 fma {flags}
+
+processor\t: 1
+vendor_id\t: SomethingElse
+cpu family\t: 99
+"""
+
+
+@pytest.mark.parametrize("vendor, family, model, flags, generation", [
+    ("AuthenticAMD", 26, 2, "avx512f avx512_vp2intersect", "Zen 5"),
+    ("AuthenticAMD", 25, 17, "avx512f avx512_bf16", "Zen 4"),
+    ("AuthenticAMD", 25, 1, "", "Zen 3"),
+    ("GenuineIntel", 6, 143, "avx512f amx_tile amx_bf16", ""),
+])
+def test_machine_description_tells_the_cpu_generation_behind_a_hidden_model_name(
+        vendor, family, model, flags, generation):
+    described = bench.describe_cpu(CPUINFO.format(vendor=vendor, family=family, model=model,
+                                                  name="AMD EPYC", flags=flags))
+    assert described["cpu_model"] == "AMD EPYC"  # what a VM shows; the numbers still tell
+    assert (described["cpu_vendor"], described["cpu_family"], described["cpu_model_number"]) == \
+        (vendor, family, model)
+    assert described["cpu_generation"] == generation
+    assert described["cpu_flags"] == [f for f in bench.CPU_FLAGS if f in ("avx2 fma " + flags).split()]
 
 
 def test_categorize_names_the_part_of_the_model_and_the_pass():

@@ -24,7 +24,15 @@ memory is each process's own peak resident set on CPU (which includes the framew
 itself: each process's resident set just after its imports is reported as
 `baseline_memory_bytes`), and the device's peak allocation on a GPU (JAX is then told
 not to preallocate, so that both processes fit on one device).
-MFU uses `reporting.flops_per_token` and the device's peak from `reporting.py`.
+
+Each side also times its own runtime's plain matmul (`matmul_flops_per_sec`: the best of
+several N x N x N products in the bench's dtype, after the timed steps). On a CPU the two
+libraries differ most there, and by CPU model: on a Zen 5 EPYC (family 26), XLA's
+AVX-512 kernels ran at 420 GFLOP/s and torch's MKL at 190, on a Zen 4 at about 185 each,
+so `matmul_ratio` beside `ratio` says how much of the ratio is the machine's BLAS. MFU
+uses `reporting.flops_per_token`; its peak is the faster side's measured matmul rate on
+a CPU (no table can know which CPU this is), and the device's entry in `reporting.py`
+on an accelerator.
 
 Shapes: `small` = 6 layers, width 384, 6 heads, FFN 1536, vocabulary 8192, 256 tokens,
 batch 8; `gpt1` = the paper's model (12 x 768, 40,478 tokens, 512 positions), batch 2
@@ -156,6 +164,7 @@ def project_session(shape: dict, batch: int) -> Session:
         return holder["state"], holder["metrics"]
 
     def report() -> dict:
+        matmul_rate = _project_matmul_rate(device)
         if _PROFILE.value:
             _profile(train_step, holder, batches[0], run_step, _PROFILE.value)
         if device.platform == "cpu":
@@ -167,11 +176,42 @@ def project_session(shape: dict, batch: int) -> Session:
                 "loss": float(holder["metrics"]["loss"]),
                 "num_params": model_lib.count_params(holder["state"].params), "batch_size": batch,
                 "peak_flops": reporting.peak_flops_per_device(device=device),
+                "matmul_flops_per_sec": matmul_rate,
                 "runtime": {"jax": jax.__version__, "jaxlib": importlib.metadata.version("jaxlib"),
                             "backend": jax.default_backend(),
                             "xla_flags": os.environ.get("XLA_FLAGS", "")}}
 
     return Session(batch, run_step, jax.block_until_ready, report)
+
+
+def best_flops_per_sec(run_once, n: int, repeats: int = 8) -> float:
+    """2 n^3 over the fastest of `repeats` calls of `run_once` (an n x n x n matmul that
+    returns when done), after one untimed call."""
+    run_once()
+    fastest = min(_seconds(run_once) for _ in range(repeats))
+    return 2 * n ** 3 / fastest
+
+
+def _seconds(run_once) -> float:
+    started = time.perf_counter()
+    run_once()
+    return time.perf_counter() - started
+
+
+def matmul_size(accelerator: bool) -> int:
+    """Large enough to run at the library's full speed, small enough to take well under a
+    second (2048: about 0.1 s on 2 CPU cores)."""
+    return 8192 if accelerator else 2048
+
+
+def _project_matmul_rate(device) -> float:
+    import jax
+    import jax.numpy as jnp
+    n = matmul_size(accelerator=device.platform != "cpu")
+    a, b = (jax.device_put(jax.random.normal(jax.random.key(i), (n, n), _DTYPE.value), device)
+            for i in range(2))
+    matmul = jax.jit(jnp.matmul)
+    return best_flops_per_sec(lambda: matmul(a, b).block_until_ready(), n)
 
 
 def _profile(train_step, holder, batch, run_step, out_dir: str) -> None:
@@ -245,11 +285,21 @@ def hf_session(shape: dict, batch: int) -> Session:
 
     def report() -> dict:
         peak = torch.cuda.max_memory_allocated() if cuda else _rss_bytes()
+        n = matmul_size(accelerator=cuda)
+        a, b = (torch.randn(n, n, device=device, dtype=getattr(torch, _DTYPE.value)) for _ in range(2))
+
+        def matmul():
+            torch.matmul(a, b)
+            if cuda:
+                torch.cuda.synchronize()
+
+        matmul_rate = best_flops_per_sec(matmul, n)
         if _PROFILE.value:
             _profile_torch(run_step, wait, _PROFILE.value)
         kind = f"gpu {torch.cuda.get_device_name()}" if cuda else "cpu"
         return {"peak_memory_bytes": int(peak), "baseline_memory_bytes": baseline,
                 "device_kind": kind, "loss": float(holder["loss"]), "batch_size": batch,
+                "matmul_flops_per_sec": matmul_rate,
                 "num_params": sum(p.numel() for p in model.parameters()),
                 "runtime": {"torch": torch.__version__, "transformers": transformers.__version__,
                             "mkl": torch.backends.mkl.is_available(),
@@ -350,6 +400,7 @@ def _summary(step_times: list[float], report: dict, tokens_per_step: int,
         "device_kind": report["device_kind"],
         "num_params": report["num_params"],
         "final_loss": report["loss"],
+        "matmul_flops_per_sec": report["matmul_flops_per_sec"],
         "runtime": report.get("runtime", {}),
     }
 
@@ -392,6 +443,8 @@ def benchmark() -> dict:
     flops = reporting.flops_per_token(shape["n_layer"], shape["d_model"], shape["d_ff"],
                                       shape["vocab_size"], shape["n_ctx"])
     peak = reports["project"]["peak_flops"]
+    if reports["project"]["device_kind"].startswith("cpu"):
+        peak = max(report["matmul_flops_per_sec"] for report in reports.values())
     result = {
         "machine": machine_description(),
         "shape": _SHAPE.value,
@@ -417,27 +470,51 @@ def benchmark() -> dict:
         result["ratio"] = result["tokens_per_sec"] / reference["tokens_per_sec"]
         result["ratio_per_turn"] = [r / p for p, r in zip(turn_medians["project"], turn_medians["hf"])]
         result["memory_ratio"] = result["peak_memory_bytes"] / reference["peak_memory_bytes"]
+        result["matmul_ratio"] = result["matmul_flops_per_sec"] / reference["matmul_flops_per_sec"]
     return result
 
 
-def machine_description() -> dict:
+# AMD's CPU families (cpuinfo's "cpu family") by core generation. Which one a cloud VM
+# runs on decides the ratio more than anything else: Zen 5 executes AVX-512 at full
+# width, and XLA:CPU's kernels use it; MKL, torch's BLAS, runs AVX2 code on AMD CPUs.
+AMD_FAMILIES = {23: "Zen / Zen 2", 25: "Zen 3 / Zen 4", 26: "Zen 5"}
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni",
+             "avx512_vp2intersect", "amx_tile", "amx_bf16")
+
+
+def machine_description(cpuinfo_path: str = "/proc/cpuinfo") -> dict:
     """What a CPU ratio depends on and a reader needs to compare runs across machines: the
-    CPU model and its vector extensions, cores, and the load while the bench ran."""
-    info = {"cpu_model": "", "cpu_flags": [], "cpus": os.cpu_count(),
-            "load_average_1m": round(os.getloadavg()[0], 2)}
+    CPU (model name, vendor, family and model numbers, its core generation where known,
+    vector extensions), cores, and the load while the bench ran. A VM may hide the model
+    name ("AMD EPYC"); the family number still tells Zen 4 from Zen 5."""
+    info = {"cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2)}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo_path) as f:
             text = f.read()
     except OSError:
         return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and not info["cpu_model"]:
-            info["cpu_model"] = value.strip()
-        elif key.strip() == "flags" and not info["cpu_flags"]:
-            wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
-            info["cpu_flags"] = [f for f in value.split() if f in wanted]
-    return info
+    return {**describe_cpu(text), **info}
+
+
+def describe_cpu(cpuinfo_text: str) -> dict:
+    """The first processor's entry of a /proc/cpuinfo text."""
+    fields = {}
+    for line in cpuinfo_text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:
+                break  # the end of the first processor's entry
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    vendor = fields.get("vendor_id", "")
+    family = int(fields["cpu family"]) if fields.get("cpu family", "").isdigit() else None
+    flags = fields.get("flags", "").split()
+    generation = AMD_FAMILIES.get(family, "") if vendor == "AuthenticAMD" else ""
+    if generation == "Zen 3 / Zen 4":
+        generation = "Zen 4" if "avx512f" in flags else "Zen 3"
+    return {"cpu_model": fields.get("model name", ""), "cpu_vendor": vendor, "cpu_family": family,
+            "cpu_model_number": int(fields["model"]) if fields.get("model", "").isdigit() else None,
+            "cpu_generation": generation, "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
 
 
 def main(argv) -> None:
@@ -460,9 +537,25 @@ def main(argv) -> None:
             print(f"{label}:\n" + profiling.format_table(summary), file=sys.stderr)
     text = json.dumps(result, indent=2)
     print(text)
+    print(headline(result), file=sys.stderr)
     if _OUT.value:
         with open(_OUT.value, "w") as f:
             f.write(text + "\n")
+
+
+def headline(result: dict) -> str:
+    """One line: the ratio with its spread over turns, and both sides' plain matmul rate."""
+    machine = result["machine"]
+    cpu = " ".join(filter(None, [machine.get("cpu_model"), machine.get("cpu_generation")
+                                 and f"({machine['cpu_generation']})"]))
+    line = f"[bench] {result['shape']}: gpt1-jax {result['tokens_per_sec']:,.0f} tokens/s"
+    if "reference" in result:
+        turns = result["ratio_per_turn"]
+        line += (f", HF {result['reference']['tokens_per_sec']:,.0f}: ratio {result['ratio']:.3f} "
+                 f"(turns {min(turns):.2f}-{max(turns):.2f}), peak memory {result['memory_ratio']:.2f} of HF's; "
+                 f"matmul {result['matmul_flops_per_sec'] / 1e9:.0f} vs "
+                 f"{result['reference']['matmul_flops_per_sec'] / 1e9:.0f} GFLOP/s")
+    return line + (f" on {cpu}" if cpu else "")
 
 
 if __name__ == "__main__":
