@@ -18,8 +18,10 @@ import numpy as np
 from gpt1_jax import rundir
 
 # Peak dense FLOP/s per device, by `device_kind` substring. bf16 for accelerators;
-# the CPU figure is the fp32 matmul peak measured on the project's 2-core machine (the
-# best of six 4096^3 matmuls on an idle machine: JAX 181, PyTorch/MKL 189 GFLOP/s).
+# the CPU figure is one 2-core machine's fp32 matmul peak (a Zen 4-like EPYC: the best of
+# six 4096^3 matmuls, JAX 181, PyTorch/MKL 189 GFLOP/s). CPUs differ by 2x and more (a
+# Zen 5's XLA:CPU reaches 420), so the bench measures its machine's instead
+# (tools/bench.py); set train.peak_flops_per_device for a job's MFU on another CPU.
 PEAK_FLOPS_BY_DEVICE_KIND = {
     "H200": 989e12,
     "H100": 989e12,
