@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jobs
-from gpt1_jax.tools import bench, profiling
+from gpt1_jax.tools import machine, profiling
 
 
 def test_benchmark_times_both_sides_at_the_same_shape(tmp_path):
@@ -68,13 +68,13 @@ cpu family\t: 99
 ])
 def test_machine_description_tells_the_cpu_generation_behind_a_hidden_model_name(
         vendor, family, model, flags, generation):
-    described = bench.describe_cpu(CPUINFO.format(vendor=vendor, family=family, model=model,
+    described = machine.describe_cpu(CPUINFO.format(vendor=vendor, family=family, model=model,
                                                   name="AMD EPYC", flags=flags))
     assert described["cpu_model"] == "AMD EPYC"  # what a VM shows; the numbers still tell
     assert (described["cpu_vendor"], described["cpu_family"], described["cpu_model_number"]) == \
         (vendor, family, model)
     assert described["cpu_generation"] == generation
-    assert described["cpu_flags"] == [f for f in bench.CPU_FLAGS if f in ("avx2 fma " + flags).split()]
+    assert described["cpu_flags"] == [f for f in machine.CPU_FLAGS if f in ("avx2 fma " + flags).split()]
 
 
 def test_categorize_names_the_part_of_the_model_and_the_pass():

@@ -84,3 +84,17 @@ def test_weight_gradient_needs_no_transposed_copy_of_the_activations():
     params = flax_layer.init(jax.random.key(0), x)
     assert _copied_arrays(flax_layer, params, x), "Flax's gradient no longer copies: is this module still needed?"
     assert _copied_arrays(ours, params, x) == []
+
+
+@pytest.mark.parametrize("remat, custom", [("none", True), ("dots", False), ("block", False)])
+def test_the_model_uses_it_unless_rematerialising(remat, custom):
+    """Under remat XLA:CPU schedules larger temporaries with it (model._dot_general)."""
+    from gpt1_jax import model as model_lib
+    cfg = model_lib.ModelConfig(vocab_size=64, n_ctx=8, n_layer=1, n_head=2, d_model=16, d_ff=32,
+                                remat=remat)
+    model = model_lib.GPT1(cfg)
+    params = model_lib.init_params_fn(model, cfg.n_ctx)(jax.random.key(0))
+    loss = model_lib.lm_loss_fn(model)
+    tokens = jnp.zeros((2, cfg.n_ctx + 1), jnp.int32)
+    jaxpr = str(jax.make_jaxpr(lambda p: loss(p, tokens, None, True)[0])(params))
+    assert jaxpr.count("custom_vjp") == (4 if custom else 0)  # c_attn, attn c_proj, c_fc, mlp c_proj
