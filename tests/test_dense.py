@@ -35,9 +35,11 @@ def test_same_parameters_outputs_and_gradients_as_flax(name):
     np.testing.assert_array_equal(ours.apply(params, x), flax_layer.apply(params, x))
 
     def loss(layer):
-        # Weights on the output, so every element's gradient differs.
-        return lambda p, x: jnp.sum(jnp.sin(layer.apply(p, x)) * jnp.arange(1.0, 1.0 + np.prod(
-            layer.apply(p, x).shape)).reshape(layer.apply(p, x).shape))
+        def weighted(p, x):
+            y = layer.apply(p, x)
+            # Weights on the output, so every element's gradient differs.
+            return jnp.sum(jnp.sin(y) * jnp.arange(1.0, 1.0 + y.size).reshape(y.shape))
+        return weighted
 
     want = jax.grad(loss(flax_layer), argnums=(0, 1))(params, x)
     got = jax.grad(loss(ours), argnums=(0, 1))(params, x)

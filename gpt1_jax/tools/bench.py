@@ -118,9 +118,7 @@ class Session:
         self._run_step, self._wait, self.report = run_step, wait, report
 
     def step(self) -> float:
-        started = time.perf_counter()
-        self._wait(self._run_step())
-        return time.perf_counter() - started
+        return _seconds(lambda: self._wait(self._run_step()))
 
 
 def project_session(shape: dict, batch: int) -> Session:
@@ -286,15 +284,7 @@ def hf_session(shape: dict, batch: int) -> Session:
 
     def report() -> dict:
         peak = torch.cuda.max_memory_allocated() if cuda else _rss_bytes()
-        n = matmul_size(accelerator=cuda)
-        a, b = (torch.randn(n, n, device=device, dtype=getattr(torch, _DTYPE.value)) for _ in range(2))
-
-        def matmul():
-            torch.matmul(a, b)
-            if cuda:
-                torch.cuda.synchronize()
-
-        matmul_rate = best_flops_per_sec(matmul, n)
+        matmul_rate = _torch_matmul_rate(device)
         if _PROFILE.value:
             _profile_torch(run_step, wait, _PROFILE.value)
         kind = f"gpu {torch.cuda.get_device_name()}" if cuda else "cpu"
@@ -309,6 +299,20 @@ def hf_session(shape: dict, batch: int) -> Session:
                             "interop_threads": torch.get_num_interop_threads()}}
 
     return Session(batch, run_step, wait, report)
+
+
+def _torch_matmul_rate(device) -> float:
+    import torch
+    cuda = device.type == "cuda"
+    n = matmul_size(accelerator=cuda)
+    a, b = (torch.randn(n, n, device=device, dtype=getattr(torch, _DTYPE.value)) for _ in range(2))
+
+    def matmul():
+        torch.matmul(a, b)
+        if cuda:
+            torch.cuda.synchronize()
+
+    return best_flops_per_sec(matmul, n)
 
 
 def _profile_torch(run_step, wait, out_dir: str) -> None:
@@ -503,9 +507,9 @@ def main(argv) -> None:
 
 def headline(result: dict) -> str:
     """One line: the ratio with its spread over turns, and both sides' plain matmul rate."""
-    machine = result["machine"]
-    cpu = " ".join(filter(None, [machine.get("cpu_model"), machine.get("cpu_generation")
-                                 and f"({machine['cpu_generation']})"]))
+    described = result["machine"]
+    cpu = " ".join(filter(None, [described.get("cpu_model"), described.get("cpu_generation")
+                                 and f"({described['cpu_generation']})"]))
     line = f"[bench] {result['shape']}: gpt1-jax {result['tokens_per_sec']:,.0f} tokens/s"
     if "reference" in result:
         turns = result["ratio_per_turn"]

@@ -37,11 +37,16 @@ def describe_cpu(cpuinfo_text: str) -> dict:
             continue
         fields.setdefault(key.strip(), value.strip())
     vendor = fields.get("vendor_id", "")
-    family = int(fields["cpu family"]) if fields.get("cpu family", "").isdigit() else None
+    family = _number(fields, "cpu family")
     flags = fields.get("flags", "").split()
     generation = AMD_FAMILIES.get(family, "") if vendor == "AuthenticAMD" else ""
     if generation == "Zen 3 / Zen 4":
         generation = "Zen 4" if "avx512f" in flags else "Zen 3"
     return {"cpu_model": fields.get("model name", ""), "cpu_vendor": vendor, "cpu_family": family,
-            "cpu_model_number": int(fields["model"]) if fields.get("model", "").isdigit() else None,
+            "cpu_model_number": _number(fields, "model"),
             "cpu_generation": generation, "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def _number(fields: dict, key: str) -> int | None:
+    value = fields.get(key, "")
+    return int(value) if value.isdigit() else None
