@@ -123,6 +123,14 @@ class Checkpointer:
         ))
         return restored["state"], restored["data"], restored["meta"]
 
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
+        """(step, state, data_state, meta) of the newest finished checkpoint, restored into
+        the shardings of `abstract_state`; None when there is none (a fresh start)."""
+        step = self.latest_step()
+        if step is None:
+            return None
+        return (step, *self.restore(step, abstract_state))
+
     def wait(self) -> None:
         with self._reporting_write_errors():
             self._manager.wait_until_finished()
@@ -166,15 +174,11 @@ def finished_steps(checkpoints_dir) -> list[int]:
                   if name.isdigit() and ocp.utils.is_checkpoint_finalized(checkpoints_dir / name))
 
 
-def save_params(directory, params: Any, model_config: dict) -> None:
-    """Writes a params-only export: `params/` and `model.json`."""
-    directory = rundir.path(directory)
+def save_params(directory, params: Any) -> None:
+    """Writes the parameters of a params-only export into `<directory>/params/` (every
+    process takes part; `loading.write_export` writes the rest of the export)."""
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / EXPORT_PARAMS_DIR, params, force=True)
-    if jax.process_index() == 0:
-        # Whole or absent: the presence of model.json makes `loading.find` take this
-        # directory for an export, so it is written after params/ and never torn.
-        rundir.write_json(directory / EXPORT_MODEL_JSON, model_config)
+        checkpointer.save(rundir.path(directory) / EXPORT_PARAMS_DIR, params, force=True)
 
 
 def read_model_config(directory) -> dict:

@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt1_jax import checkpoint as checkpoint_lib
 from gpt1_jax import loading, rundir, tokenizers
 from gpt1_jax import model as model_lib
 from gpt1_jax.errors import UserError
@@ -351,9 +350,7 @@ def read_orbax(path) -> LoadedModel:
 
 def write_orbax(dst, loaded: LoadedModel) -> None:
     """Writes a params export: params/, model.json and tokenizer/."""
-    checkpoint_lib.save_params(dst, loaded.params, dataclasses.asdict(loaded.config))
-    if loaded.tokenizer is not None and jax.process_index() == 0:
-        rundir.save_tokenizer(loaded.tokenizer, rundir.path(dst) / rundir.TOKENIZER)
+    loading.write_export(dst, loaded.params, dataclasses.asdict(loaded.config), loaded.tokenizer)
 
 
 READERS = {"openai": read_openai, "hf": read_hf, "orbax": read_orbax}

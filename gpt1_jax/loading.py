@@ -74,6 +74,23 @@ def find(init_from) -> Pretrained:
                           f"a workdir with either")
 
 
+def write_export(directory, params: Any, model_config: dict, tokenizer: tokenizers.Tokenizer | None,
+                 task: dict | None = None) -> None:
+    """Writes a params export, the one format `find` reads back: `params/` (every process
+    takes part), then, from process 0, `tokenizer/`, `task.json` for a fine-tuned model
+    (its task and max_len), and `model.json` last. Whole or absent: `model.json` makes
+    `find` take the directory for an export, so it is written once the rest is there."""
+    directory = rundir.path(directory)
+    checkpoint_lib.save_params(directory, params)
+    if jax.process_index() != 0:
+        return
+    if tokenizer is not None:
+        rundir.save_tokenizer(tokenizer, directory / rundir.TOKENIZER)
+    if task is not None:
+        rundir.write_json(directory / rundir.EXPORT_TASK_JSON, task)
+    rundir.write_json(directory / rundir.EXPORT_MODEL_JSON, model_config)
+
+
 def model_config(source: Pretrained) -> model_lib.ModelConfig:
     try:
         return model_lib.ModelConfig(**source.model_config)

@@ -5,9 +5,10 @@
 
 The workdir may be local or gs://. Around the job: the multi-process runtime (when the
 config asks for it), the stop on SIGTERM/SIGINT (installed before anything else, so no
-signal is lost), and the workdir's lock. Problems the user can fix (`errors.UserError`,
-`OSError`) end the job with `error: <message>` on stderr and status 1, on every process;
-anything else is a bug and keeps its traceback.
+signal is lost), and the workdir's lock. The exit status follows `stopping`'s contract:
+0 finished; 42 stopped by a signal with its checkpoint committed (rerun to resume); 1 a
+problem the user can fix (`errors.UserError`, `OSError`: one `error: <message>` line on
+every process) or a bug (its traceback).
 """
 import contextlib
 import sys
@@ -29,7 +30,7 @@ MODES = ("pretrain", "finetune", "eval")
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from gpt1_jax import distributed, rundir, trainer
+    from gpt1_jax import distributed, rundir, stopping
     from gpt1_jax.errors import UserError
     config = _CONFIG.value
     if config.mode not in MODES:
@@ -41,19 +42,22 @@ def main(argv) -> None:
                                dist.get("heartbeat_timeout_secs", 100))
     workdir = rundir.path(_WORKDIR.value)
     try:
-        with trainer.StopRequested(config.train.grace_period_secs) as stop, _workdir_lock(workdir):
-            run_job(config, workdir, stop)
+        with stopping.StopRequested(config.train.grace_period_secs) as stop, _workdir_lock(workdir):
+            summary = run_job(config, workdir, stop)
     except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         distributed.report_error(str(e))
-        distributed.exit_now(1)
+        distributed.exit_now(stopping.EXIT_FAILED)
     except Exception:
         if not distributed.is_multiprocess():
             raise
         traceback.print_exc()  # a bug: its traceback, and the other processes told
         distributed.report_error(traceback.format_exc(limit=1).strip().splitlines()[-1])
-        distributed.exit_now(1)
-    # Success: a normal exit, whose jax.distributed shutdown waits for every process.
+        distributed.exit_now(stopping.EXIT_FAILED)
+    # A normal exit (its jax.distributed shutdown waits for every process): finished, or
+    # stopped by a signal before the end with the step committed ("resume me").
+    if stop.stopped and not summary.get("finished", True):
+        sys.exit(stopping.EXIT_RESUME)
 
 
 def _workdir_lock(workdir):
@@ -67,16 +71,16 @@ def _workdir_lock(workdir):
     return workdir_lib.WorkdirLock(workdir)
 
 
-def run_job(config, workdir, stop) -> None:
+def run_job(config, workdir, stop) -> dict:
+    """Runs the job `config.mode` names; returns its summary (`finished`: it reached its end)."""
     if config.mode == "pretrain":
         from gpt1_jax.jobs import pretrain
-        pretrain.run(config, workdir, stop)
-    elif config.mode == "finetune":
-        from gpt1_jax.jobs import finetune
-        finetune.run(config, workdir, stop)
-    else:
-        from gpt1_jax.jobs import finetune
-        finetune.run_eval(config, workdir)
+        return pretrain.run(config, workdir, stop)
+    from gpt1_jax.jobs import finetune
+    if config.mode == "finetune":
+        return finetune.run(config, workdir, stop)
+    finetune.run_eval(config, workdir)
+    return {"finished": True}
 
 
 if __name__ == "__main__":

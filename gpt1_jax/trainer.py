@@ -6,13 +6,10 @@ parameters with logical axis names) and `loss_fn(params, batch, rng, determinist
 derived from the parameters' logical axes, and it is initialised directly into them.
 """
 import dataclasses
-import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Optional
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -25,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from gpt1_jax import distributed
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax.errors import UserError
+from gpt1_jax.stopping import StopRequested
 
 LossFn = Callable[[Any, Any, jax.Array | None, bool], tuple[jax.Array, dict]]
 
@@ -164,100 +162,6 @@ def make_eval_step(loss_fn: LossFn, param_shardings: Any, batch_sharding: Any):
     return jax.jit(step, in_shardings=(param_shardings, batch_sharding))
 
 
-class StopRequested:
-    """Turns SIGTERM/SIGINT into a stop that every process takes at the same step, after
-    committing a checkpoint of it.
-
-    One process: a flag set by the signal handler, checked between steps. Several
-    processes (jax.distributed): JAX's preemption notifier owns SIGTERM and the processes
-    agree on a sync step (`distributed.reached_stop_point`); a SIGINT is passed on to it as
-    a SIGTERM. A signal that comes before the loop (tokenizing, compiling, restoring) is
-    kept and honoured at the loop's first step, so the job's entry installs this first.
-
-    Once stopping, a watchdog runs: a job still running `grace_period_secs` later (a long
-    step, a slow file system) is ended by `on_expiry` (default: a message and exit status
-    1) before the scheduler's SIGKILL can come unannounced; a checkpoint it was writing
-    stays uncommitted, so the next run resumes from the last committed one. Later signals
-    are reported and otherwise ignored: a second Ctrl-C must not abandon the checkpoint
-    being written. `grace_period_secs <= 0` waits without limit.
-    """
-
-    def __init__(self, grace_period_secs: float = 25.0,
-                 on_expiry: Callable[[str, float], None] | None = None):
-        self.grace_period_secs = grace_period_secs
-        self.on_expiry = on_expiry or _exit_grace_expired
-        self.signal_name: str | None = None
-        self.stopped = False
-        self._previous = {}
-        self._watchdog: threading.Timer | None = None
-        self._multiprocess = False
-
-    def __enter__(self):
-        self._multiprocess = jax.process_count() > 1
-        # With several processes JAX's own SIGTERM handler must stay: it is what makes
-        # the processes agree on the step to stop at.
-        signals = (signal.SIGINT,) if self._multiprocess else (signal.SIGTERM, signal.SIGINT)
-        for sig in signals:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals stay with the caller
-                pass
-        return self
-
-    def _handle(self, signum, _frame):
-        name = signal.Signals(signum).name
-        if self.signal_name is not None:
-            _stderr(f"{name}: already stopping after {self.signal_name}; "
-                    f"committing the checkpoint first\n")
-            return
-        self.signal_name = name
-        if self._multiprocess:
-            os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption notifier
-        else:
-            self._start_watchdog()
-
-    def _start_watchdog(self) -> None:
-        if self.grace_period_secs > 0 and self._watchdog is None:
-            self._watchdog = threading.Timer(self.grace_period_secs, self.on_expiry,
-                                             args=(self.signal_name, self.grace_period_secs))
-            self._watchdog.daemon = True
-            self._watchdog.start()
-
-    def at_step(self, step: int) -> bool:
-        """Whether to checkpoint `step` and stop; call it once per step, on every process."""
-        if not self.stopped:
-            if self._multiprocess:
-                self.stopped = distributed.reached_stop_point(step)
-                if self.stopped:
-                    self.signal_name = self.signal_name or "SIGTERM"
-                    self._start_watchdog()
-            else:
-                self.stopped = self.signal_name is not None
-        return self.stopped
-
-    def __exit__(self, *exc):
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def __bool__(self):
-        return self.signal_name is not None or self.stopped
-
-
-def _stderr(message: str) -> None:
-    # os.write, not print: a signal handler or another thread may run while the main
-    # thread is inside a print to the same stream, and a nested print raises.
-    os.write(sys.stderr.fileno(), message.encode())
-
-
-def _exit_grace_expired(signal_name: str, grace_period_secs: float) -> None:
-    _stderr(f"error: {signal_name}: the checkpoint was not committed within the grace period "
-            f"(train.grace_period_secs={grace_period_secs:g}); exiting without it. The next run "
-            f"resumes from the last committed checkpoint.\n")
-    os._exit(1)
-
-
 @dataclasses.dataclass
 class LoopConfig:
     num_steps: int                  # the schedule's length
@@ -281,7 +185,7 @@ class NonFiniteError(UserError, RuntimeError):
 def train_loop(state: TrainState, train_step, batches: Iterator, to_global: Callable,
                cfg: LoopConfig, writer, checkpointer, save_meta: dict,
                evaluate: Callable[[Any], dict] | None = None,
-               stop_requested: Optional["StopRequested"] = None,
+               stop_requested: StopRequested | None = None,
                on_eval: Callable[[int, dict], None] | None = None) -> tuple[TrainState, dict]:
     """Runs steps from `state.step` to the stop step, logging, evaluating and checkpointing.
 
@@ -449,10 +353,11 @@ def setup_run(settings: RunSetup, init_params: Callable, loss_fn: LossFn,
     abstract, shardings = state_shardings(init_params, tx, rng, mesh, settings.rules)
     checkpointer = None if workdir is None else checkpoint_lib.Checkpointer(
         workdir, settings.max_to_keep, settings.async_save)
-    latest = None if checkpointer is None else checkpointer.latest_step()
-    data_state = None
-    if latest is not None:
-        state, data_state, _ = checkpointer.restore(latest, with_shardings(abstract, shardings))
+    restored = None if checkpointer is None else checkpointer.restore_latest(
+        with_shardings(abstract, shardings))
+    latest = data_state = None
+    if restored is not None:
+        latest, state, data_state, _ = restored
         if jax.process_index() == 0:
             log(f"Resuming from {checkpointer.directory / str(latest)}")
     else:

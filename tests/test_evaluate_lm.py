@@ -12,8 +12,7 @@ import optax
 import pytest
 
 import jobs
-from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import lm_eval, tokenizers
+from gpt1_jax import lm_eval, loading, tokenizers
 from gpt1_jax import model as model_lib
 from gpt1_jax.data import corpus
 
@@ -76,9 +75,8 @@ def test_documents_are_scored_independently(params):
 
 def test_command_prints_the_result_as_its_last_line(params, tmp_path):
     export = tmp_path / "export"
-    checkpoint_lib.save_params(export, params, dataclasses.asdict(CFG))
     tokenizer = tokenizers.gpt1_bpe_tokenizer()
-    tokenizer.save(export / "tokenizer")
+    loading.write_export(export, params, dataclasses.asdict(CFG), tokenizer)
     text = "It was the best of times, it was the worst of times.\r\nIt was the age of wisdom.\r\n" * 3
     (tmp_path / "text.txt").write_bytes(text.encode("utf-8"))
     done = jobs.run([sys.executable, "-m", "gpt1_jax.evaluate_lm", f"--init_from={export}",

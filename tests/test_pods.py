@@ -1,7 +1,7 @@
 """Hosts that agree: two `jax.distributed` processes on 127.0.0.1 act as one job.
 
 - SIGTERM to one process only: both stop after the same step, save it together and exit
-  0; the resumed run ends bit for bit where an uninterrupted one does (on gs:// and on a
+  42 ("resume me"); the resumed run ends bit for bit where an uninterrupted one does (on gs:// and on a
   shared local folder).
 - An error on one process ends the other within seconds, with the first one's message.
 - A second job on a live job's gs:// workdir is refused; once the job is dead (kill -9)
@@ -16,6 +16,7 @@ import time
 import pytest
 
 import jobs
+from gpt1_jax import stopping
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +90,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_the_resume_is_exact(c
     jobs.wait_for(lambda: any(r.get("step", 0) >= 3 for r in jobs.metric_records(interrupted)), *processes)
     processes[1].send_signal(signal.SIGTERM)  # one process only, as a preempted host
     results = finish(processes)
-    assert [status for status, _, _ in results] == [0, 0], [e[-2000:] for _, _, e in results]
+    assert [status for status, _, _ in results] == [stopping.EXIT_RESUME] * 2, [e[-2000:] for _, _, e in results]
     saved = jobs.finished_steps(interrupted)
     assert len(saved) == 1 and saved[0] >= 3, saved
     for _, _, stderr in results:  # both processes stopped after that same step

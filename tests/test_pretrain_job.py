@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import jobs
+from gpt1_jax import stopping
 
 
 def run_job(corpus, workdir, *overrides, devices=1, expect_ok=True):
@@ -78,7 +79,7 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(corpus, tmp_path
     jobs.wait_for(lambda: len(jobs.metric_records(tmp_path)) >= 5, process, poll=0.2)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-3000:]
+    assert process.returncode == stopping.EXIT_RESUME, stderr[-3000:]
     saved = jobs.finished_steps(tmp_path)
     assert len(saved) == 1 and saved[0] >= 4 and saved[0] < 1000
     assert f"checkpointed step {saved[0]}" in stderr

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jobs
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import config_files, tokenizers, trainer
+from gpt1_jax import config_files, stopping, tokenizers, trainer
 from gpt1_jax import workdir as workdir_lib
 
 # One schedule for every job (its length is compiled into the train step); runs stop earlier.
@@ -94,14 +94,14 @@ def token_cache_of(workdir, cache_dir) -> pathlib.Path:
 # --- 1. preemption -----------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_sigint_then_a_second_signal_commits_the_current_step_and_exits_0(corpus, env, tmp_path):
+def test_sigint_then_a_second_signal_commits_the_current_step_and_exits_resume(corpus, env, tmp_path):
     process = jobs.start(job_args(corpus, tmp_path, "--config.checkpoint.every_steps=1000"), env)
     jobs.wait_for(lambda: last_logged_step(tmp_path) >= 3, process, poll=0.1)
     process.send_signal(signal.SIGINT)
     time.sleep(0.05)
     process.send_signal(signal.SIGTERM)  # a second signal, while stopping: ignored
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 0, stderr[-3000:]
+    assert process.returncode == stopping.EXIT_RESUME, stderr[-3000:]
     [step] = jobs.finished_steps(tmp_path)
     assert f"SIGINT: checkpointed step {step}, exiting" in stderr and not jobs.in_flight(tmp_path)
     assert step == last_logged_step(tmp_path)
@@ -109,7 +109,7 @@ def test_sigint_then_a_second_signal_commits_the_current_step_and_exits_0(corpus
 
 
 @pytest.mark.slow
-def test_a_checkpoint_not_committed_within_the_grace_period_exits_1(corpus, env, trained, tmp_path):
+def test_a_checkpoint_not_committed_within_the_grace_period_exits_resume_without_it(corpus, env, trained, tmp_path):
     # A grace period far shorter than any checkpoint write: the watchdog must end the job.
     workdir = copy_of(trained, tmp_path)
     before = snapshot(workdir / "checkpoints")
@@ -118,8 +118,8 @@ def test_a_checkpoint_not_committed_within_the_grace_period_exits_1(corpus, env,
     jobs.wait_for(lambda: last_logged_step(workdir) >= 6, process, poll=0.1)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 1
-    assert "error: SIGTERM: the checkpoint was not committed within the grace period " \
+    assert process.returncode == stopping.EXIT_RESUME  # the last committed step is intact: rerun
+    assert "stopped: SIGTERM: the checkpoint was not committed within the grace period " \
            "(train.grace_period_secs=0.001)" in stderr and "checkpointed step" not in stderr
     assert jobs.finished_steps(workdir) == [2, 4]  # no half-written step looks committed
     assert untouched(before, workdir / "checkpoints")
@@ -213,7 +213,7 @@ def test_a_signal_before_the_loop_is_kept_and_stops_it_at_its_first_step(capfd):
     state, step_fn, batches, _ = _tiny_regression([0] * 10)
     checkpointer = _RecordingCheckpointer()
     cfg = trainer.LoopConfig(num_steps=10, progress=False, checkpoint_every_steps=1000)
-    with trainer.StopRequested(grace_period_secs=0) as stop:
+    with stopping.StopRequested(grace_period_secs=0) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
         state, _ = trainer.train_loop(state, step_fn, _Batches(batches), lambda b: b, cfg, _Writer(),
                                       checkpointer, {}, stop_requested=stop)
@@ -415,15 +415,14 @@ def test_a_workdir_that_cannot_be_written_is_refused_before_anything_else(tmp_pa
 
 
 def test_a_checkpoint_whose_vocabulary_does_not_fit_is_refused(tmp_path):
+    from gpt1_jax import loading, tokenizers
     from gpt1_jax import model as model_lib
-    from gpt1_jax import rundir, tokenizers
     from gpt1_jax.jobs import finetune
     # A 1,000-word model exported beside the 40,478-word GPT-1 tokenizer.
     mcfg = model_lib.ModelConfig(vocab_size=1000, n_ctx=16, n_layer=1, n_head=2, d_model=16, d_ff=32)
     params = nn.meta.unbox(model_lib.GPT1(mcfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     export = tmp_path / "export"
-    checkpoint_lib.save_params(export, params, dataclasses.asdict(mcfg))
-    rundir.save_tokenizer(tokenizers.gpt1_bpe_tokenizer(), export / "tokenizer")
+    loading.write_export(export, params, dataclasses.asdict(mcfg), tokenizers.gpt1_bpe_tokenizer())
     config = load_config("finetune.py", "sst2")
     config.init_from = str(export)
     with pytest.raises(checkpoint_lib.CheckpointError,

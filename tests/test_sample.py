@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 import jobs
-from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import convert, tokenizers
+from gpt1_jax import convert, loading, tokenizers
 from gpt1_jax import generate as generate_lib
 from gpt1_jax import model as model_lib
 
@@ -24,8 +23,7 @@ def workdir(tmp_path_factory):
     """A pretraining workdir as a finished run leaves it: export/ with params and tokenizer."""
     workdir = tmp_path_factory.mktemp("run")
     params = nn.meta.unbox(model_lib.GPT1(CFG).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
-    checkpoint_lib.save_params(workdir / "export", params, dataclasses.asdict(CFG))
-    tokenizers.gpt1_bpe_tokenizer().save(workdir / "export" / "tokenizer")
+    loading.write_export(workdir / "export", params, dataclasses.asdict(CFG), tokenizers.gpt1_bpe_tokenizer())
     return workdir
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import evaluate, heads, loading, optim, plots, reporting, rundir, settings, tokenizers, trainer
+from gpt1_jax import evaluate, heads, loading, optim, plots, reporting, rundir, settings, stopping, tokenizers, trainer
 from gpt1_jax import model as model_lib
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax.data import task_data as task_data_lib
@@ -58,7 +58,7 @@ def _sharded_target(init, mesh, rules):
     return trainer.with_shardings(nn.meta.unbox(boxed), sharding_lib.tree_shardings(boxed, mesh, rules))
 
 
-def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested | None = None) -> dict:
+def run(config: ml_collections.ConfigDict, workdir, stop: stopping.StopRequested | None = None) -> dict:
     """Fine-tunes on `config.task` in `workdir`, then evaluates; returns the summary."""
     workdir = rundir.path(workdir)
     is_main = jax.process_index() == 0
@@ -154,17 +154,15 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
         run_.checkpointer.close()
 
     summary = {"task": spec.name, "num_params": model_lib.count_params(run_.abstract.params),
-               "step": int(state.step), "num_steps": num_steps, "train_loss": last.get("loss"),
+               "step": int(state.step), "num_steps": num_steps, "finished": int(state.step) >= num_steps,
+               "train_loss": last.get("loss"),
                "init_from": config.init_from, "lm_coef": config.finetune.lm_coef,
                "pretrained_weights": bool(pretrained is not None and config.finetune.load_pretrained_weights),
                "transfer_layers": config.finetune.transfer_layers,
                "seconds_this_run": round(time.time() - started, 1)}
     if int(state.step) >= num_steps:
-        export = workdir / rundir.EXPORT
-        checkpoint_lib.save_params(export, state.params, dataclasses.asdict(mcfg))
-        if is_main:
-            rundir.save_tokenizer(tokenizer, export / rundir.TOKENIZER)
-            rundir.write_json(export / rundir.EXPORT_TASK_JSON, {"task": spec.name, "max_len": data.max_len})
+        loading.write_export(workdir / rundir.EXPORT, state.params, dataclasses.asdict(mcfg), tokenizer,
+                             task={"task": spec.name, "max_len": data.max_len})
         summary["eval"] = evaluate.evaluate_splits(model, state.params, data, batch_size, workdir)
     if is_main:  # the loss over the steps, and the task metrics reached at the end
         final = {"step": int(state.step), **{f"{split} {name}": value for split, results

@@ -14,8 +14,19 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import demo_text, distributed, optim, plots, reporting, rundir, settings, tokenizers, trainer
+from gpt1_jax import (
+    demo_text,
+    distributed,
+    loading,
+    optim,
+    plots,
+    reporting,
+    rundir,
+    settings,
+    stopping,
+    tokenizers,
+    trainer,
+)
 from gpt1_jax import model as model_lib
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax.data import corpus as corpus_lib
@@ -58,7 +69,7 @@ def _train_sentencepiece(source, vocab_size: int):
         return tokenizers.train_sentencepiece([text_file], vocab_size, f"{tmp}/spm")
 
 
-def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested | None = None) -> dict:
+def run(config: ml_collections.ConfigDict, workdir, stop: stopping.StopRequested | None = None) -> dict:
     """Pre-trains (or resumes pre-training) in `workdir`; returns the summary."""
     workdir = rundir.path(workdir)
     is_main = jax.process_index() == 0
@@ -154,6 +165,7 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
     # Export and summary.
     final_step = int(state.step)
     values = {"num_params": num_params, "step": final_step, "num_steps": num_steps,
+              "finished": final_step >= num_steps,
               "train_loss": last.get("loss"), "val_loss": last.get("val_loss"),
               "val_perplexity": last.get("val_perplexity"),
               "tokens_per_sec": last.get("tokens_per_sec"), "mfu": last.get("mfu"),
@@ -170,10 +182,8 @@ def run(config: ml_collections.ConfigDict, workdir, stop: trainer.StopRequested 
         params = state.params
         if mcfg.scan_layers:
             params = jax.jit(model_lib.per_layer_params)(params)
-        checkpoint_lib.save_params(workdir / rundir.EXPORT, params,
-                                   dataclasses.asdict(dataclasses.replace(mcfg, scan_layers=False)))
-        if is_main:
-            rundir.save_tokenizer(tokenizer, workdir / rundir.EXPORT / rundir.TOKENIZER)
+        loading.write_export(workdir / rundir.EXPORT, params,
+                             dataclasses.asdict(dataclasses.replace(mcfg, scan_layers=False)), tokenizer)
     return summary
 
 
