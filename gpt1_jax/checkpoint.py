@@ -10,24 +10,39 @@ marker inside the final folder instead). Only checkpoints finished by orbax's ow
 count, for resuming, `init_from`, evaluation and zero-shot alike (`finished_steps`); the
 temporary directories a crash leaves behind are deleted when the next job starts.
 
+A finished step can still be damaged afterwards (a truncated file, a deleted manifest, an
+emptied folder). A resume then falls back to the newest step that restores and moves the
+damaged ones aside to `<step>.damaged` (never deleted: the user may want them); any other
+reader names the damaged file in a CheckpointError.
+
 A params-only export `<dir>/` holds `params/` (orbax) and `model.json` (the model
 config), the format that fine-tuning, sampling and evaluation jobs take as `init_from`.
 
 Restoring takes abstract targets (`jax.ShapeDtypeStruct` with shardings), so a
 checkpoint written on one mesh restores onto any other.
 """
+import asyncio
 import contextlib
+import gc
+import logging
+import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from gpt1_jax import rundir
-from gpt1_jax.errors import UserError
+from gpt1_jax import distributed, rundir
+from gpt1_jax.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = rundir.CHECKPOINTS
 EXPORT_PARAMS_DIR = rundir.EXPORT_PARAMS
 EXPORT_MODEL_JSON = rundir.EXPORT_MODEL_JSON
+# Orbax's item layout inside a training checkpoint `<step>/` (the items Checkpointer names).
+STATE_ITEM, DATA_ITEM, META_ITEM = "state", "data", "meta"
+META_FILE = "metadata"          # the JSON handler's file inside an item
+DAMAGED_SUFFIX = ".damaged"     # `<step>.damaged`: orbax's listing and finished_steps skip it
 
 
 class CheckpointError(UserError, ValueError):
@@ -36,6 +51,118 @@ class CheckpointError(UserError, ValueError):
 
 class CheckpointWriteError(UserError, RuntimeError):
     """Writing a checkpoint failed (a full disk, a failing file system)."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A finished checkpoint whose files cannot be read (truncated, deleted, emptied)."""
+
+
+def _first_line(text: str, limit: int = 400) -> str:
+    # TensorStore appends its whole spec to a message; the part before it says what is wrong.
+    line = text.strip().split("\n", 1)[0].split(" [tensorstore_spec=", 1)[0]
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _cause(error: BaseException, path) -> str:
+    """What went wrong, in one line. Orbax wraps TensorStore's error (which names the file
+    and the problem) in one whose message is a page-long spec, so the first error in the
+    chain that names the checkpoint's folder is the telling one."""
+    chain, seen = [], error
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for e in chain:
+        if str(path) in _first_line(str(e)):
+            return _first_line(str(e))
+    return f"{type(error).__name__}: {_first_line(str(error))}"
+
+
+def _is_abandoned_read(unraisable) -> bool:
+    # When one read of a step fails, orbax abandons its concurrent reads: Python reports
+    # each abandoned coroutine ("Exception ignored in", a page-long traceback), and reads
+    # that TensorStore completes later find the restore's event loop closed. The error
+    # raised from the first failure already says what is wrong.
+    error = unraisable.exc_value
+    return (asyncio.iscoroutine(unraisable.object)
+            or (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"))
+
+
+_quiet_installed = False
+
+
+def _quiet_abandoned_reads() -> None:
+    """From the first failed read on, keeps its abandoned reads out of stderr, where the
+    user should find the one `error:` line (or the warning of a resume that fell back)."""
+    global _quiet_installed
+    if _quiet_installed:
+        return
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None if _is_abandoned_read(unraisable) else previous(unraisable)
+    _quiet_installed = True
+
+
+@contextlib.contextmanager
+def _reading(step_dir) -> Any:
+    """Turns a failure to read the checkpoint at `step_dir` into DamagedCheckpointError.
+
+    Orbax and TensorStore raise many types for a damaged file (Exception, ValueError,
+    TypeError on missing metadata, OSError), so every error but the project's own (a model
+    that does not fit is a CheckpointError, not damage) counts as damage here.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        _quiet_abandoned_reads()
+        gc.collect()  # the abandoned reads are reported (quietly) now, not at exit
+        raise DamagedCheckpointError(f"checkpoint {step_dir} cannot be read: {_cause(e, step_dir)}") from e
+
+
+def is_training_checkpoint(step_dir) -> bool:
+    """Whether `step_dir` has the layout of a training checkpoint (its files unread)."""
+    step_dir = rundir.path(step_dir)
+    return (step_dir / STATE_ITEM).is_dir() and (step_dir / META_ITEM / META_FILE).exists()
+
+
+def check_complete(step_dir) -> None:
+    """DamagedCheckpointError naming the first item a checkpoint `<step>/` lacks (an
+    emptied or partly deleted folder)."""
+    step_dir = rundir.path(step_dir)
+    for item in (STATE_ITEM, DATA_ITEM, META_ITEM):
+        if not (step_dir / item).is_dir():
+            raise DamagedCheckpointError(f"checkpoint {step_dir} is damaged: {step_dir / item} is missing")
+    if not (step_dir / META_ITEM / META_FILE).exists():
+        raise DamagedCheckpointError(
+            f"checkpoint {step_dir} is damaged: {step_dir / META_ITEM / META_FILE} is missing")
+    _check_arrays(step_dir / STATE_ITEM, f"checkpoint {step_dir}")
+
+
+def _check_arrays(arrays_dir, what: str) -> None:
+    """DamagedCheckpointError naming the index file an orbax array folder lacks. Checked
+    before orbax reads: orbax logs a missing one, fails later, and leaves reads in flight
+    that print tracebacks when the process exits."""
+    required = ["_METADATA"]
+    if (arrays_dir / "ocdbt.process_0").is_dir():  # the OCDBT layout: its root manifest
+        required.append("manifest.ocdbt")
+    for name in required:
+        if not (arrays_dir / name).exists():
+            raise DamagedCheckpointError(f"{what} is damaged: {arrays_dir / name} is missing")
+
+
+def read_meta(step_dir) -> dict:
+    """The job's record in a training checkpoint: its config and the model config."""
+    path = rundir.path(step_dir) / META_ITEM / META_FILE
+    meta = read_checkpoint_json(path, "the checkpoint's metadata")
+    if not isinstance(meta, dict):
+        raise DamagedCheckpointError(f"{path} holds no metadata record")
+    return meta
+
+
+def _state_metadata(state_dir, metadata: Any) -> Any:
+    if metadata is None:  # orbax returns None, and logs why, when it cannot read the tree's metadata
+        raise DamagedCheckpointError(f"the arrays' metadata in {state_dir} cannot be read")
+    return metadata
 
 
 def _path_name(path) -> str:
@@ -67,6 +194,12 @@ class Checkpointer:
     """Saves and restores training checkpoints in `<workdir>/checkpoints`."""
 
     def __init__(self, workdir, max_to_keep: int | None = 3, async_save: bool = True):
+        if max_to_keep is not None and max_to_keep < 1:
+            # Orbax keeps the newest `max_to_keep` steps: fewer than one would delete the
+            # step a stop or the end of the run has just committed, and a rerun would
+            # start again from step 0.
+            raise ConfigError(f"checkpoint.max_to_keep={max_to_keep} keeps no checkpoint, not even the "
+                              f"one a stop commits: use 1 or more (None keeps every one)")
         self.directory = rundir.path(workdir) / CHECKPOINT_DIR
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -111,25 +244,63 @@ class Checkpointer:
             ), force=True)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-        """Restores (state, data_state, meta) at `step` into the shardings of `abstract_state`."""
+        """Restores (state, data_state, meta) at `step` into the shardings of `abstract_state`.
+        DamagedCheckpointError, naming the file, when the step cannot be read."""
         path = self.directory / str(step)
-        found = self._manager.item_metadata(step)["state"]
-        if found is not None:
-            _check_fits(path, abstract_state, found)
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore(),
-        ))
-        return restored["state"], restored["data"], restored["meta"]
+        check_complete(path)
+        with _reading(path):
+            found = self._manager.item_metadata(step)[STATE_ITEM]
+            if found is not None:
+                _check_fits(path, abstract_state, found)
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore(),
+            ))
+        return restored[STATE_ITEM], restored[DATA_ITEM], restored[META_ITEM]
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
-        """(step, state, data_state, meta) of the newest finished checkpoint, restored into
-        the shardings of `abstract_state`; None when there is none (a fresh start)."""
-        step = self.latest_step()
-        if step is None:
-            return None
-        return (step, *self.restore(step, abstract_state))
+        """(step, state, data_state, meta) of the newest finished checkpoint that restores,
+        into the shardings of `abstract_state`; None when there is none (a fresh start).
+
+        Newer steps that cannot be read are moved aside to `<step>.damaged`, with a warning
+        naming each and its cause, once an older step has restored. When no step restores,
+        nothing is moved and DamagedCheckpointError says what is wrong with each.
+        """
+        damaged: list[tuple[int, str]] = []
+        for step in reversed(self.all_steps()):
+            try:
+                restored, problem = self.restore(step, abstract_state), None
+            except DamagedCheckpointError as e:
+                restored, problem = None, str(e)
+            # Each process reads its own shards, so a file may fail on one process only:
+            # a step counts when it restored on every process, and all resume from it.
+            if distributed.all_agree(problem is None):
+                self._set_aside(damaged, step)
+                return (step, *restored)
+            damaged.append((step, problem or f"checkpoint {self.directory / str(step)} cannot be read "
+                                             f"on another process"))
+        if damaged:
+            raise DamagedCheckpointError(
+                f"no checkpoint in {self.directory} can be restored: "
+                + "; ".join(f"step {step}: {problem}" for step, problem in damaged)
+                + ". Repair or remove them (a fresh start needs an empty checkpoints folder)")
+        return None
+
+    def _set_aside(self, damaged: list[tuple[int, str]], resumed: int) -> None:
+        """Renames each damaged step to `<step>.damaged` (process 0; on gs:// a copy and a
+        delete), so that neither orbax's step list (rotation, latest step) nor
+        finished_steps count it any longer, and the step can be written afresh."""
+        if not damaged:
+            return
+        if jax.process_index() == 0:
+            for step, problem in damaged:
+                source = self.directory / str(step)
+                target = _free_name(self.directory, f"{step}{DAMAGED_SUFFIX}")
+                source.rename(target)
+                log.warning("%s; moved it aside to %s, resuming from step %d", problem, target, resumed)
+        distributed.barrier("gpt1_jax/checkpoints/set_aside")
+        self._manager.reload()
 
     def wait(self) -> None:
         with self._reporting_write_errors():
@@ -163,6 +334,15 @@ class Checkpointer:
                 f"writing checkpoint {self._writing} in {self.directory} failed: {e}. "
                 f"The committed checkpoints ({', '.join(map(str, committed)) or 'none'}) are "
                 f"untouched; a rerun resumes from the latest once the cause is fixed.") from e
+
+
+def _free_name(directory, name: str):
+    """`directory / name`, or `name.1`, `name.2`, ... when a step was set aside before."""
+    candidate, n = directory / name, 0
+    while candidate.exists():
+        n += 1
+        candidate = directory / f"{name}.{n}"
+    return candidate
 
 
 def finished_steps(checkpoints_dir) -> list[int]:
@@ -203,20 +383,26 @@ def load_params(directory, abstract_params: Any) -> Any:
     path = rundir.path(directory) / EXPORT_PARAMS_DIR
     if not path.is_dir():
         raise CheckpointError(f"{path} is missing: {directory} is not a params export")
-    with ocp.StandardCheckpointer() as checkpointer:
-        _check_fits(path, abstract_params, checkpointer.metadata(path).item_metadata)
+    _check_arrays(path, f"params export {directory}")
+    with _reading(path), ocp.StandardCheckpointer() as checkpointer:
+        _check_fits(path, abstract_params, _state_metadata(path, checkpointer.metadata(path).item_metadata))
         return checkpointer.restore(path, abstract_params)
 
 
 def load_params_from_state(step_dir, abstract_params: Any) -> Any:
     """Restores only the parameters of a training checkpoint `<workdir>/checkpoints/<step>`
-    (the optimizer state is not read)."""
-    path = rundir.path(step_dir) / "state"
+    (the optimizer state is not read), onto any mesh or one device whatever mesh and
+    processes wrote it."""
+    step_dir = rundir.path(step_dir)
+    path = step_dir / STATE_ITEM
     if not path.is_dir():
         raise CheckpointError(f"{path} is missing: {step_dir} is not a training checkpoint")
+    check_complete(step_dir)
     target = {"params": abstract_params}
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        found = checkpointer.metadata(path).item_metadata
+    with _reading(step_dir), ocp.PyTreeCheckpointer() as checkpointer:
+        found = _state_metadata(path, checkpointer.metadata(path).item_metadata)
+        if "params" not in found:
+            raise DamagedCheckpointError(f"the arrays' metadata in {path} records no params")
         _check_fits(path, target, {"params": found["params"]})
         restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
             target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),

@@ -85,6 +85,14 @@ def agree_on_main(decision: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.asarray(decision, np.bool_)))
 
 
+def all_agree(ok: bool) -> bool:
+    """True on every process when `ok` is true on all of them (a collective: call it on all)."""
+    if not is_multiprocess():
+        return ok
+    from jax.experimental import multihost_utils
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.bool_))))
+
+
 def barrier(name: str) -> None:
     if is_multiprocess():
         from jax.experimental import multihost_utils

@@ -62,13 +62,14 @@ def find(init_from) -> Pretrained:
             if task_file.exists() else None
         return Pretrained("export", path, checkpoint_lib.read_model_config(path),
                           path / rundir.TOKENIZER, task)
-    meta_file = path / "meta" / "metadata"
-    if (path / "state").is_dir() and meta_file.exists():
-        meta = checkpoint_lib.read_checkpoint_json(meta_file, "the checkpoint's metadata")
+    if checkpoint_lib.is_training_checkpoint(path):
+        meta = checkpoint_lib.read_meta(path)
         if "model" not in meta:
-            raise CheckpointError(f"{meta_file} records no model config")
+            raise CheckpointError(f"{path}: the checkpoint's metadata records no model config")
         return Pretrained("state", path, meta["model"], path.parent.parent / rundir.TOKENIZER,
                           meta.get("task"))
+    if path.parent.name == rundir.CHECKPOINTS and path.name.isdigit() and path.is_dir():
+        checkpoint_lib.check_complete(path)  # a step folder partly deleted or emptied: say what is missing
     raise CheckpointError(f"{path} is neither a params export ({rundir.EXPORT_MODEL_JSON} + "
                           f"{rundir.EXPORT_PARAMS}/), a training checkpoint (state/ + meta/) nor "
                           f"a workdir with either")

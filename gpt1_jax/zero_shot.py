@@ -15,6 +15,7 @@ The command line (gpt1_jax/cli/zero_shot.py) writes `<workdir>/zero_shot.json` a
 `<workdir>/zero_shot.png` with one point per finished checkpoint.
 """
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import loading, metrics, rundir, tokenizers
+from gpt1_jax import loading, metrics, plots, rundir, tokenizers
 from gpt1_jax import model as model_lib
 from gpt1_jax.data import tasks as tasks_lib
 from gpt1_jax.errors import ConfigError
@@ -165,6 +166,13 @@ class ZeroShotData:
     race: list = dataclasses.field(default_factory=list)
     dprd: list = dataclasses.field(default_factory=list)
 
+    def tasks(self) -> list[str]:
+        """The tasks there is data to evaluate (CoLA needs its dev set; its train subset
+        only sets the threshold)."""
+        present = {"cola": self.cola_dev, "sst2": self.sst2_dev, "story_cloze": self.story_cloze,
+                   "race": self.race, "dprd": self.dprd}
+        return [task for task, examples in present.items() if examples]
+
 
 def load_zero_shot_data(glue_dir=None, story_cloze_dir=None, race_dir=None, dprd_file=None,
                         max_examples: int = 0, seed: int = 0) -> ZeroShotData:
@@ -214,28 +222,55 @@ def evaluate_checkpoint(scorer: LMScorer, tokenizer, data: ZeroShotData) -> dict
 def evaluate_run(workdir, data: ZeroShotData, batch_size: int = 32,
                  progress: Callable[[str], None] | None = print) -> dict:
     """Zero-shot metrics at every checkpoint of a pretraining workdir: {"steps": [...],
-    "tasks": {task: [metric per step]}, "random": {...}}."""
+    "tasks": {task: [metric per step]}, "random": {...}}.
+
+    The run may still be training: a step that its rotation deletes while it is read is
+    skipped (and said so). ConfigError when there is no task data or no step to evaluate.
+    """
     workdir = rundir.path(workdir)
+    if not data.tasks():
+        raise ConfigError("no zero-shot task data to evaluate (give the GLUE, Story Cloze, RACE or DPRD data)")
     steps = checkpoint_lib.finished_steps(workdir / rundir.CHECKPOINTS)
     if not steps:
         raise ConfigError(f"{workdir / rundir.CHECKPOINTS} holds no finished checkpoint")
     tokenizer = tokenizers.load_tokenizer(workdir / rundir.TOKENIZER)
     curves: dict[str, list[float]] = {}
+    evaluated = []
     for step in steps:
-        loaded = loading.load(workdir / rundir.CHECKPOINTS / str(step))
+        step_dir = workdir / rundir.CHECKPOINTS / str(step)
+        try:
+            loaded = loading.load(step_dir)
+        except (checkpoint_lib.CheckpointError, OSError):
+            if not _deleted(step_dir):
+                raise
+            if progress:
+                progress(f"step {step}: deleted by the run's rotation while it was read; skipped")
+            continue
         results = evaluate_checkpoint(LMScorer(loaded.config, loaded.params, batch_size), tokenizer, data)
         for task, value in results.items():
             curves.setdefault(task, []).append(value)
+        evaluated.append(step)
         if progress:
             progress(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in results.items()))
-    return {"steps": steps, "tasks": curves, "random": {t: RANDOM_BASELINE[t] for t in curves}}
+    if not evaluated:
+        raise ConfigError(f"every checkpoint of {workdir / rundir.CHECKPOINTS} was deleted while it was read")
+    return {"steps": evaluated, "tasks": curves, "random": {t: RANDOM_BASELINE[t] for t in curves}}
+
+
+def _deleted(step_dir, checks: int = 3, wait_secs: float = 1.0) -> bool:
+    """Whether a step that failed to load is being deleted (the run's rotation): gone now or
+    within a few seconds (a deletion of many objects on gs:// is not instant)."""
+    for check in range(checks):
+        if not step_dir.exists():
+            return True
+        if check < checks - 1:
+            time.sleep(wait_secs)
+    return False
 
 
 def plot(results: dict) -> bytes:
     """Figure 2 (right): each task's zero-shot metric over pretraining updates."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
     labels = {"cola": "CoLA (MCC)", "sst2": "SST-2 (acc)", "story_cloze": "Story Cloze (acc)",
               "race": "RACE (acc)", "dprd": "DPRD (acc)"}
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -247,10 +282,5 @@ def plot(results: dict) -> bytes:
     ax.set_title("Zero-shot behaviour over pre-training")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    png = rundir.render_png(fig)
-    plt.close(fig)
-    return png
+    return plots.png_bytes(fig, dpi=120)
 
-
-if __name__ == "__main__":  # the command line moved with the others into gpt1_jax/cli/
-    raise SystemExit("gpt1_jax.zero_shot is the library; its command line is: python -m gpt1_jax.cli.zero_shot ...")
