@@ -29,7 +29,7 @@ compile() {  # compile NAME CONFIG TOPOLOGY ARGS...: OUT/NAME.json; status 0 fit
   if [[ ! -s "$OUT/$name.json" ]]; then
     local effort error
     for effort in "$EFFORT" full; do
-      "$PYTHON" -m gpt1_jax.aot --config="configs/$config.py" --topology="$topology" "${gpus[@]}" \
+      "$PYTHON" -m gpt1_jax.cli.aot --config="configs/$config.py" --topology="$topology" "${gpus[@]}" \
         --effort="$effort" --eval_step=False "$@" \
         --out="$OUT/$name.json.tmp" >"$OUT/$name.log" 2>&1 || true
       error=$(grep -m1 '^error: ' "$OUT/$name.log" || true)

@@ -3,7 +3,7 @@
 # bfloat16 with float32 parameters, batch 64, against transformers' OpenAIGPTLMHeadModel
 # (PyTorch, torch.autocast bfloat16) on the same GPU; prints both and writes OUT.json.
 #
-#   launch/bench_gpu.sh [OUT.json] [extra gpt1_jax.bench flags]
+#   launch/bench_gpu.sh [OUT.json] [extra gpt1_jax.cli.bench flags]
 #   e.g. launch/bench_gpu.sh bench_gpu.json --attention=einsum --dropout=0.1
 #
 # Defaults: cuDNN flash attention through jax.nn.dot_product_attention (it has no dropout on
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 # Each side runs in its own process; both are alive at once, so the bench tells JAX not to
 # preallocate. Its reported peak is the allocator's peak in use.
-timeout 600 python -m gpt1_jax.bench --shape=gpt1 --reference=hf --dtype=bfloat16 --batch_size=64 \
+timeout 600 python -m gpt1_jax.cli.bench --shape=gpt1 --reference=hf --dtype=bfloat16 --batch_size=64 \
     --attention=dot_product --attention_backend=cudnn --dropout=0.0 \
     --warmup=3 --steps=10 --turn_steps=2 --out="$out" "$@" > /dev/null
 python - "$out" <<'PY'

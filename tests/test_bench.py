@@ -12,7 +12,7 @@ from gpt1_jax.tools import machine, profiling
 def test_benchmark_times_both_sides_at_the_same_shape(tmp_path):
     out = tmp_path / "bench.json"
     profile_dir = tmp_path / "profile"
-    jobs.run([sys.executable, "-m", "gpt1_jax.bench", "--shape=tiny", "--reference=hf",
+    jobs.run([sys.executable, "-m", "gpt1_jax.cli.bench", "--shape=tiny", "--reference=hf",
               "--warmup=1", "--steps=4", "--turn_steps=2", f"--out={out}", f"--profile={profile_dir}"])
     result = json.loads(out.read_text())
     reference = result["reference"]
@@ -124,7 +124,7 @@ def test_a_profile_without_a_reference_reports_the_project_side_only(tmp_path):
     # A profile_hf.json left by an earlier run in the same folder is not this run's reference.
     (tmp_path / "profile_hf.json").write_text('{"parts": []}')
     out = tmp_path / "bench.json"
-    jobs.run([sys.executable, "-m", "gpt1_jax.bench", "--shape=tiny", "--reference=none", "--warmup=1",
+    jobs.run([sys.executable, "-m", "gpt1_jax.cli.bench", "--shape=tiny", "--reference=none", "--warmup=1",
               "--steps=2", f"--out={out}", f"--profile={tmp_path}"])
     result = json.loads(out.read_text())
     assert "reference" not in result and "ratio" not in result

@@ -15,6 +15,7 @@ import pytest
 from gpt1_jax import metrics
 from gpt1_jax.data import tasks
 from gpt1_jax.data.tasks import Example
+from gpt1_jax.errors import DataError
 
 
 @pytest.fixture(scope="session")
@@ -528,7 +529,7 @@ def test_scitail_malformed(tmp_path):
 ])
 def test_missing_files_name_the_expected_path_and_layout(
         tmp_path, name, split, expected_path, layout_hint):
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(DataError) as error:
         tasks.load_examples(name, split, tmp_path)
     assert str(tmp_path / expected_path) in str(error.value)
     assert layout_hint in str(error.value)

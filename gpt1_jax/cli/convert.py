@@ -15,7 +15,7 @@ from gpt1_jax.cli import common
 _FROM = flags.DEFINE_enum("from", None, sorted(convert.READERS), "Format of SRC.", required=True)
 _TO = flags.DEFINE_enum("to", None, sorted(convert.WRITERS), "Format to write DST in.", required=True)
 _N_HEAD = flags.DEFINE_integer("n_head", 12, "Attention heads (--from=openai only: the release "
-                               "does not record them).")
+                               "does not record them).", lower_bound=1)
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Write into a non-empty DST.")
 
 

@@ -1,4 +1,4 @@
-"""Language-model evaluation of a text: mean next-token NLL and perplexity (gpt1_jax/lm_eval.py).
+"""Language-model evaluation of a text: mean next-token NLL and perplexity (gpt1_jax/perplexity.py).
 
     python -m gpt1_jax.cli.evaluate_lm --init_from=runs/demo --text=book.txt
     python -m gpt1_jax.cli.evaluate_lm --init_from=gs://bucket/runs/gpt1 --tfds=lm1b --tfds_split=test
@@ -9,10 +9,11 @@ tokens. The last line printed is one JSON object:
 """
 import json
 import sys
+import time
 
 from absl import app, flags
 
-from gpt1_jax import lm_eval, loading
+from gpt1_jax import loading, perplexity
 from gpt1_jax.cli import common
 from gpt1_jax.data import corpus as corpus_lib
 from gpt1_jax.errors import ConfigError
@@ -24,9 +25,12 @@ _TFDS = flags.DEFINE_string("tfds", "", "A TFDS text dataset instead of --text, 
 _TFDS_SPLIT = flags.DEFINE_string("tfds_split", "test", "TFDS split.")
 _TFDS_TEXT_KEY = flags.DEFINE_string("tfds_text_key", "text", "TFDS feature holding the text.")
 _TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", "", "TFDS data directory ('' = TFDS default).")
-_MAX_DOCUMENTS = flags.DEFINE_integer("max_documents", 0, "Read at most this many TFDS records (0: all).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Windows per forward pass.")
-_STRIDE = flags.DEFINE_integer("stride", 0, "Tokens between window starts (0: n_ctx, no overlap).")
+_MAX_DOCUMENTS = flags.DEFINE_integer("max_documents", 0, "Read at most this many TFDS records (0: all).",
+                                      lower_bound=0)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Windows per forward pass (rounded up to a "
+                                   "multiple of the local devices, which share them).", lower_bound=1)
+_STRIDE = flags.DEFINE_integer("stride", 0, "Tokens between window starts (0: n_ctx, no overlap).",
+                               lower_bound=0)
 
 
 def main(argv) -> None:
@@ -41,9 +45,13 @@ def main(argv) -> None:
         _TEXT.value, "--text", _TFDS.value, _TFDS_SPLIT.value, _TFDS_DATA_DIR.value or None,
         _TFDS_TEXT_KEY.value, _MAX_DOCUMENTS.value)
     print(f"Tokenizing {len(texts):,} documents from {source} ...", file=sys.stderr)
+    start = time.perf_counter()
     documents = loaded.tokenizer.encode_batch(texts)
-    result = lm_eval.score(loaded.config, loaded.params, documents, _BATCH_SIZE.value, _STRIDE.value)
-    result.update(documents=len(documents), source=source, init_from=str(_INIT_FROM.value))
+    tokenized = time.perf_counter()
+    result = perplexity.score(loaded.config, loaded.params, documents, _BATCH_SIZE.value, _STRIDE.value,
+                              progress=True)
+    result.update(documents=len(documents), source=source, init_from=str(_INIT_FROM.value),
+                  tokenize_secs=round(tokenized - start, 2), score_secs=round(time.perf_counter() - tokenized, 2))
     print(json.dumps(result))
 
 

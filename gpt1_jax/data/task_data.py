@@ -12,7 +12,7 @@ import numpy as np
 
 from gpt1_jax.data import corpus, transforms
 from gpt1_jax.data import tasks as tasks_lib
-from gpt1_jax.errors import DataError
+from gpt1_jax.errors import ConfigError, DataError
 
 
 def transform_example(spec: tasks_lib.TaskSpec, texts_ids: list[list[int]],
@@ -104,6 +104,8 @@ def load_task_data(task_name: str, tokenizer, n_ctx: int, *, data_dir: str | Non
     of 8, never beyond n_ctx.
     """
     spec = tasks_lib.get_task(task_name)
+    if max_len > n_ctx:
+        raise ConfigError(f"finetune.max_len={max_len} exceeds the model's context n_ctx={n_ctx}")
     splits = (["train"] if with_train else []) + list(spec.eval_splits)
     examples, sequences = {}, {}
     for split in splits:

@@ -23,6 +23,7 @@ See `story_cloze_split`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt1_jax.data import tfds_source
 from gpt1_jax.errors import DataError
 from gpt1_jax.metrics import TASK_METRICS
 
@@ -268,17 +270,26 @@ FILE_LAYOUTS: dict[str, str] = {
 FILE_LAYOUTS["race/middle"] = FILE_LAYOUTS["race/high"] = FILE_LAYOUTS["race"]
 
 
-def _row_error(path: Path, line_number: int, problem: str) -> ValueError:
+def _row_error(path: Path, line_number: int, problem: str) -> DataError:
     """A malformed-data error that names the file and the 1-based line."""
-    return ValueError(f"{path}:{line_number}: {problem}")
+    return DataError(f"{path}:{line_number}: {problem}")
 
 
 def _require_file(path: Path, task_name: str) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{task_name}: expected {path}; layout: {FILE_LAYOUTS[task_name]}"
-        )
+        raise DataError(f"{task_name}: expected {path}; layout: {FILE_LAYOUTS[task_name]}")
     return path
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Undecodable bytes and broken CSV quoting as a DataError naming the file."""
+    try:
+        yield
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
+    except csv.Error as error:
+        raise DataError(f"{path}: malformed CSV ({error})") from None
 
 
 def _tsv_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
@@ -287,7 +298,7 @@ def _tsv_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
     Fields are split on tabs only, never unquoted: GLUE sentences contain bare `"`. Lines end at
     "\\n" only (texts may hold other Unicode line breaks), and a UTF-8 BOM (MRPC) is dropped.
     """
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
+    with _reading(path), open(path, encoding="utf-8-sig", newline="\n") as f:
         for line_number, line in enumerate(f, start=1):
             line = line.removesuffix("\n").removesuffix("\r")
             if line:
@@ -373,7 +384,7 @@ def _story_cloze_file(data_dir: Path, which: str) -> Path:
 def _read_story_cloze_csv(path: Path) -> list[Example]:
     """Stories of a spring-2016 CSV; AnswerRightEnding 1/2 becomes label 0/1."""
     required = ("InputStoryid", *_STORY_CLOZE_SENTENCES, *_STORY_CLOZE_ENDINGS, "AnswerRightEnding")
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with _reading(path), open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
         missing = [name for name in required if name not in header]
@@ -410,7 +421,8 @@ def _read_story_cloze(data_dir: Path, split: str) -> list[Example]:
 def _race_examples(path: Path) -> list[Example]:
     """The questions of one RACE file, one Example each."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        with _reading(path):
+            record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise _row_error(path, error.lineno, f"bad JSON: {error.msg}") from None
     if not isinstance(record, dict):
@@ -419,12 +431,18 @@ def _race_examples(path: Path) -> list[Example]:
     if missing:
         raise _row_error(path, 1, f"missing field(s) {missing}")
     questions, options, answers = record["questions"], record["options"], record["answers"]
+    if not all(isinstance(x, list) for x in (questions, options, answers)) or not isinstance(
+            record["article"], str):
+        raise _row_error(path, 1, "expected a text article and lists of questions, options and answers")
     if not len(questions) == len(options) == len(answers):
         raise _row_error(path, 1, f"{len(questions)} questions, {len(options)} option lists and "
                                   f"{len(answers)} answers")
     file_id = str(record.get("id", path.name))
     examples = []
     for number, (question, choices, answer) in enumerate(zip(questions, options, answers)):
+        if not isinstance(question, str) or not isinstance(choices, list) or not all(
+                isinstance(choice, str) for choice in choices):
+            raise _row_error(path, 1, f"question {number}: expected a text question and a list of text options")
         if len(choices) != len(_RACE_LETTERS):
             raise _row_error(path, 1, f"question {number} has {len(choices)} options, not 4")
         if answer not in tuple(_RACE_LETTERS):
@@ -442,9 +460,7 @@ def _read_race(levels: Sequence[str], task_name: str, data_dir: Path, split: str
     for level in levels:
         folder = data_dir / "RACE" / _DEV_NAMES[split] / level
         if not folder.is_dir():
-            raise FileNotFoundError(
-                f"{task_name}: expected folder {folder}; layout: {FILE_LAYOUTS[task_name]}"
-            )
+            raise DataError(f"{task_name}: expected folder {folder}; layout: {FILE_LAYOUTS[task_name]}")
         for path in sorted(folder.glob("*.txt")):
             examples += _race_examples(path)
     return examples
@@ -472,7 +488,7 @@ def _read_snli(data_dir: Path, split: str) -> list[Example]:
     path = _require_file(data_dir / "snli_1.0" / f"snli_1.0_{_DEV_NAMES[split]}.jsonl", "snli")
     label_names = TASKS["snli"].label_names
     examples = []
-    with open(path, encoding="utf-8") as f:
+    with _reading(path), open(path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -480,6 +496,8 @@ def _read_snli(data_dir: Path, split: str) -> list[Example]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 raise _row_error(path, line_number, f"bad JSON: {error.msg}") from None
+            if not isinstance(record, dict):
+                raise _row_error(path, line_number, "expected a JSON object")
             missing = [key for key in ("sentence1", "sentence2", "gold_label") if key not in record]
             if missing:
                 raise _row_error(path, line_number, f"missing field(s) {missing}")
@@ -528,9 +546,9 @@ def _as_str(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _tfds_records(tfds, name: str, split: str, data_dir: str | None) -> Iterator[dict]:
+def _tfds_records(name: str, split: str, data_dir: str | None) -> Iterator[dict]:
     """Every record of a TFDS split, read in chunks (one random access per record is slow)."""
-    source = tfds.data_source(name, split=split, data_dir=data_dir)
+    source = tfds_source.open_split(name, split, data_dir)
     read_many = getattr(source, "__getitems__", None)
     for start in range(0, len(source), _TFDS_READ_CHUNK):
         keys = list(range(start, min(start + _TFDS_READ_CHUNK, len(source))))
@@ -602,18 +620,16 @@ def _load_tfds(spec: TaskSpec, split: str, data_dir: str | None) -> list[Example
     so `story_cloze_split` over it gives a deterministic 1,497/374 cut that is NOT the
     original's; use source="files" to reproduce the paper's split.
     """
-    # Imported here: TFDS is optional and slow to import.
-    import tensorflow_datasets as tfds
-
     if any(name.startswith("glue/") for name in spec.tfds_names):
         # TFDS imports its legacy builders lazily; importing this module registers "glue".
+        # Imported here: TFDS is optional and slow to import.
         import tensorflow_datasets.text.glue  # noqa: F401
 
     tfds_split = _tfds_split(spec, split)
     records = (
         record
         for name in spec.tfds_names
-        for record in _tfds_records(tfds, name, tfds_split, data_dir)
+        for record in _tfds_records(name, tfds_split, data_dir)
     )
     if spec.name.startswith("race"):
         return _race_from_tfds(records)

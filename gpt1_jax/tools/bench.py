@@ -1,10 +1,10 @@
 """Training throughput against the HF PyTorch reference, at the same shape, in one run.
 
-    python -m gpt1_jax.tools.bench --shape=small --reference=hf --out=bench_small.json
-    python -m gpt1_jax.tools.bench --shape=gpt1 --reference=hf --out=bench_gpt1.json
+    python -m gpt1_jax.cli.bench --shape=small --reference=hf --out=bench_small.json
+    python -m gpt1_jax.cli.bench --shape=gpt1 --reference=hf --out=bench_gpt1.json
 
 Each side trains in its own fresh process, so its peak memory is its own: the project
-runs the real `trainer.make_train_step` (loss, gradients, non-finite guard, clipped
+runs the real `train_state.make_train_step` (loss, gradients, non-finite guard, clipped
 AdamW, donated state); the reference runs transformers' `OpenAIGPTLMHeadModel` with
 `torch.optim.AdamW` (same lr, betas, eps, weight decay on the same tensors, clipping at
 1), in train mode with the same dropout. Both use the same number of threads (the
@@ -45,6 +45,7 @@ per part of the model (the vocabulary projection, the MLP and attention matmuls,
 LayerNorm, dropout, the optimizer), the reference's per kind of aten op (torch.profiler).
 `--attention_block=0` measures full T x T attention instead of the block-causal one.
 """
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -56,9 +57,6 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
-
-from gpt1_jax.cli import common
 from gpt1_jax.tools import machine
 
 SHAPES = {
@@ -73,24 +71,37 @@ SHAPES = {
 # The paper's optimiser (optim.py); the reference is given the same values.
 LEARNING_RATE, BETAS, EPS, WEIGHT_DECAY, MAX_GRAD_NORM, DROPOUT = 2.5e-4, (0.9, 0.999), 1e-8, 0.01, 1.0, 0.1
 
-_SHAPE = flags.DEFINE_enum("shape", "small", list(SHAPES), "Model and batch shape.")
-_REFERENCE = flags.DEFINE_enum("reference", "hf", ["hf", "none"], "What to compare against.")
-_OUT = flags.DEFINE_string("out", None, "Write the results here as JSON (also printed).")
-_BATCH = flags.DEFINE_integer("batch_size", 0, "0: the shape's batch for this backend.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-_ATTENTION = flags.DEFINE_enum("attention", "einsum", ["einsum", "dot_product"],
-                               "The project's attention (dot_product needs --dropout=0).")
-_BACKEND = flags.DEFINE_string("attention_backend", None, "dot_product: None, xla or cudnn.")
-_REMAT = flags.DEFINE_string("remat", "none", "The project's model.remat.")
-_BLOCK = flags.DEFINE_integer("attention_block", 64, "The project's model.attention_block (0: one block).")
-_DROPOUT = flags.DEFINE_float("dropout", DROPOUT, "All dropout rates, both sides.")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (compilation, allocator warm-up).")
-_STEPS = flags.DEFINE_integer("steps", 12, "Timed steps of each side, in all.")
-_TURN_STEPS = flags.DEFINE_integer("turn_steps", 2, "Timed steps of a side per turn (after one untimed).")
-_PROFILE = flags.DEFINE_string(
-    "profile", None, "Also trace 2 more steps of each side into this directory and print where the time "
-    "goes (profiling.py); written to DIR/profile.json and DIR/profile_hf.json.")
-_WORKER = flags.DEFINE_enum("worker", None, ["project", "hf"], "Internal: run one side here.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What to measure (the command line's flags, gpt1_jax/cli/bench.py)."""
+    shape: str = "small"
+    reference: str = "hf"            # or "none"
+    batch_size: int = 0              # 0: the shape's batch for this backend
+    dtype: str = "float32"
+    # A string the model checks (model.ATTENTION_IMPLEMENTATIONS): importing the model here
+    # would load JAX into the reference's process too, and into its baseline memory.
+    attention: str = "einsum"
+    attention_backend: str | None = None
+    remat: str = "none"
+    attention_block: int = 64
+    dropout: float = DROPOUT
+    warmup: int = 2
+    steps: int = 12
+    turn_steps: int = 2
+    profile: str | None = None
+
+    def worker_flags(self, side: str, batch: int) -> list[str]:
+        """The command line of one side's worker process."""
+        argv = [f"--worker={side}", f"--shape={self.shape}", f"--batch_size={batch}", f"--dtype={self.dtype}",
+                f"--attention={self.attention}", f"--remat={self.remat}",
+                f"--attention_block={self.attention_block}", f"--dropout={self.dropout}"]
+        if self.attention_backend:
+            argv.append(f"--attention_backend={self.attention_backend}")
+        if self.profile:
+            argv.append(f"--profile={self.profile}")
+        return argv
 
 
 def threads() -> int:
@@ -121,34 +132,36 @@ class Session:
         return _seconds(lambda: self._wait(self._run_step()))
 
 
-def project_session(shape: dict, batch: int) -> Session:
+def project_session(opts: Options) -> Session:
     """The project's model with the real train step.
 
-    `batch` 0 picks the shape's batch for this backend (reported back as `batch_size`).
+    `opts.batch_size` 0 picks the shape's batch for this backend (reported back as `batch_size`).
     """
     import jax
 
     from gpt1_jax import model as model_lib
-    from gpt1_jax import optim, reporting, trainer
+    from gpt1_jax import optim, reporting
+    from gpt1_jax import run_setup as run_setup_lib
     from gpt1_jax import sharding as sharding_lib
     baseline = _rss_bytes()
+    shape = SHAPES[opts.shape]
     device = jax.devices()[0]
-    batch = batch or shape["batch_cpu" if device.platform == "cpu" else "batch_accelerator"]
+    batch = opts.batch_size or shape["batch_cpu" if device.platform == "cpu" else "batch_accelerator"]
 
     cfg = model_lib.ModelConfig(
         vocab_size=shape["vocab_size"], n_ctx=shape["n_ctx"], n_layer=shape["n_layer"],
         n_head=shape["n_head"], d_model=shape["d_model"], d_ff=shape["d_ff"],
-        embd_pdrop=_DROPOUT.value, attn_pdrop=_DROPOUT.value, resid_pdrop=_DROPOUT.value,
-        attention=_ATTENTION.value, attention_backend=_BACKEND.value, dtype=_DTYPE.value,
-        remat=_REMAT.value, attention_block=_BLOCK.value)
+        embd_pdrop=opts.dropout, attn_pdrop=opts.dropout, resid_pdrop=opts.dropout,
+        attention=opts.attention, attention_backend=opts.attention_backend, dtype=opts.dtype,
+        remat=opts.remat, attention_block=opts.attention_block)
     model = model_lib.GPT1(cfg)
     ocfg = optim.OptimizerConfig(learning_rate=LEARNING_RATE, warmup_steps=0, total_steps=10_000,
                                  b1=BETAS[0], b2=BETAS[1], eps=EPS, weight_decay=WEIGHT_DECAY,
                                  max_grad_norm=MAX_GRAD_NORM)
     tx = optim.make_optimizer(ocfg)
     # The jobs' own run setup (no workdir: nothing is checkpointed), on this one device.
-    run = trainer.setup_run(
-        trainer.RunSetup(mesh={"data": 1, "fsdp": 1, "tensor": 1}, rules=sharding_lib.DEFAULT_RULES,
+    run = run_setup_lib.setup_run(
+        run_setup_lib.RunSetup(mesh={"data": 1, "fsdp": 1, "tensor": 1}, rules=sharding_lib.DEFAULT_RULES,
                          batch_size=batch), model_lib.init_params_fn(model, cfg.n_ctx),
         model_lib.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg), devices=[device])
     train_step = run.train_step
@@ -163,9 +176,9 @@ def project_session(shape: dict, batch: int) -> Session:
         return holder["state"], holder["metrics"]
 
     def report() -> dict:
-        matmul_rate = _project_matmul_rate(device)
-        if _PROFILE.value:
-            _profile(train_step, holder, batches[0], run_step, _PROFILE.value)
+        matmul_rate = _project_matmul_rate(device, opts.dtype)
+        if opts.profile:
+            _profile(train_step, holder, batches[0], run_step, opts.profile)
         if device.platform == "cpu":
             peak = _rss_bytes()
         else:
@@ -203,11 +216,11 @@ def matmul_size(accelerator: bool) -> int:
     return 8192 if accelerator else 2048
 
 
-def _project_matmul_rate(device) -> float:
+def _project_matmul_rate(device, dtype: str) -> float:
     import jax
     import jax.numpy as jnp
     n = matmul_size(accelerator=device.platform != "cpu")
-    a, b = (jax.device_put(jax.random.normal(jax.random.key(i), (n, n), _DTYPE.value), device)
+    a, b = (jax.device_put(jax.random.normal(jax.random.key(i), (n, n), dtype), device)
             for i in range(2))
     matmul = jax.jit(jnp.matmul)
     return best_flops_per_sec(lambda: matmul(a, b).block_until_ready(), n)
@@ -235,20 +248,21 @@ def _write_profile(out_dir, file_name: str, summary: dict) -> None:
     (out / file_name).write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def hf_session(shape: dict, batch: int) -> Session:
+def hf_session(opts: Options) -> Session:
     """transformers' OpenAIGPTLMHeadModel with torch.optim.AdamW at the same shape."""
     import torch
     import transformers
     baseline = _rss_bytes()
+    shape = SHAPES[opts.shape]
     torch.set_num_threads(threads())
     torch.manual_seed(0)
     cuda = torch.cuda.is_available()
-    batch = batch or shape["batch_accelerator" if cuda else "batch_cpu"]
+    batch = opts.batch_size or shape["batch_accelerator" if cuda else "batch_cpu"]
     device = torch.device("cuda" if cuda else "cpu")
     config = transformers.OpenAIGPTConfig(
         vocab_size=shape["vocab_size"], n_positions=shape["n_ctx"], n_embd=shape["d_model"],
         n_layer=shape["n_layer"], n_head=shape["n_head"], afn="gelu",  # tanh-GELU, as GPT-1
-        embd_pdrop=_DROPOUT.value, attn_pdrop=_DROPOUT.value, resid_pdrop=_DROPOUT.value)
+        embd_pdrop=opts.dropout, attn_pdrop=opts.dropout, resid_pdrop=opts.dropout)
     assert config.n_embd * 4 == shape["d_ff"], "HF's OpenAIGPT fixes the FFN at 4 x width"
     model = transformers.OpenAIGPTLMHeadModel(config).to(device).train()
     # The project's decay mask (optim.decay_mask): kernels and embeddings, not biases or LN.
@@ -259,7 +273,7 @@ def hf_session(shape: dict, batch: int) -> Session:
                                   lr=LEARNING_RATE, betas=BETAS, eps=EPS)
     batches = [torch.from_numpy(b).long().to(device)
                for b in _random_batches(config.vocab_size, batch, shape["n_ctx"])]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=_DTYPE.value == "bfloat16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.dtype == "bfloat16")
     holder = {"i": 0, "loss": None}
 
     def run_step():
@@ -284,9 +298,9 @@ def hf_session(shape: dict, batch: int) -> Session:
 
     def report() -> dict:
         peak = torch.cuda.max_memory_allocated() if cuda else _rss_bytes()
-        matmul_rate = _torch_matmul_rate(device)
-        if _PROFILE.value:
-            _profile_torch(run_step, wait, _PROFILE.value)
+        matmul_rate = _torch_matmul_rate(device, opts.dtype)
+        if opts.profile:
+            _profile_torch(run_step, wait, opts.profile)
         kind = f"gpu {torch.cuda.get_device_name()}" if cuda else "cpu"
         return {"peak_memory_bytes": int(peak), "baseline_memory_bytes": baseline,
                 "device_kind": kind, "loss": float(holder["loss"]), "batch_size": batch,
@@ -301,11 +315,11 @@ def hf_session(shape: dict, batch: int) -> Session:
     return Session(batch, run_step, wait, report)
 
 
-def _torch_matmul_rate(device) -> float:
+def _torch_matmul_rate(device, dtype: str) -> float:
     import torch
     cuda = device.type == "cuda"
     n = matmul_size(accelerator=cuda)
-    a, b = (torch.randn(n, n, device=device, dtype=getattr(torch, _DTYPE.value)) for _ in range(2))
+    a, b = (torch.randn(n, n, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
 
     def matmul():
         torch.matmul(a, b)
@@ -348,16 +362,9 @@ def serve(session: Session) -> None:
 class _Worker:
     """One side in its own process, driven through its stdin and stdout (`serve`)."""
 
-    def __init__(self, side: str, batch: int):
+    def __init__(self, side: str, opts: Options, batch: int):
         self.side = side
-        argv = [sys.executable, "-m", "gpt1_jax.tools.bench", f"--worker={side}", f"--shape={_SHAPE.value}",
-                f"--batch_size={batch}", f"--dtype={_DTYPE.value}", f"--attention={_ATTENTION.value}",
-                f"--remat={_REMAT.value}", f"--attention_block={_BLOCK.value}",
-                f"--dropout={_DROPOUT.value}"]
-        if _BACKEND.value:
-            argv.append(f"--attention_backend={_BACKEND.value}")
-        if _PROFILE.value:
-            argv.append(f"--profile={_PROFILE.value}")
+        argv = [sys.executable, "-m", "gpt1_jax.cli.bench", *opts.worker_flags(side, batch)]
         # Both processes live at once: on a GPU, JAX must not take most of its memory.
         env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
         self._stderr = tempfile.TemporaryFile(mode="w+")
@@ -410,29 +417,29 @@ def _summary(step_times: list[float], report: dict, tokens_per_step: int,
     }
 
 
-def benchmark() -> dict:
+def benchmark(opts: Options) -> dict:
     """Both sides taking turns; medians, MFU and the ratio.
 
     This process starts no JAX backend (on a GPU it would hold memory the workers need).
     The project's worker starts first: the batch it picks for its backend is the reference's.
     """
     from gpt1_jax import reporting
-    shape = SHAPES[_SHAPE.value]
-    sides = ["project"] + (["hf"] if _REFERENCE.value == "hf" else [])
+    shape = SHAPES[opts.shape]
+    sides = ["project"] + (["hf"] if opts.reference == "hf" else [])
     workers = {}
     try:
         for side in sides:
-            batch = workers["project"].batch_size if workers else _BATCH.value
-            workers[side] = _Worker(side, batch)
-            for _ in range(_WARMUP.value):
+            batch = workers["project"].batch_size if workers else opts.batch_size
+            workers[side] = _Worker(side, opts, batch)
+            for _ in range(opts.warmup):
                 workers[side].step()
         times = {side: [] for side in sides}
         turn_medians = {side: [] for side in sides}
-        turns = -(-_STEPS.value // _TURN_STEPS.value)
+        turns = -(-opts.steps // opts.turn_steps)
         for turn in range(turns):
             for side in sides:
                 workers[side].step()  # the switch-over step, untimed
-                steps = min(_TURN_STEPS.value, _STEPS.value - len(times[side]))
+                steps = min(opts.turn_steps, opts.steps - len(times[side]))
                 turn_times = [workers[side].step() for _ in range(steps)]
                 times[side] += turn_times
                 turn_medians[side].append(statistics.median(turn_times))
@@ -452,18 +459,18 @@ def benchmark() -> dict:
         peak = max(report["matmul_flops_per_sec"] for report in reports.values())
     result = {
         "machine": machine.machine_description(),
-        "shape": _SHAPE.value,
+        "shape": opts.shape,
         **{k: v for k, v in shape.items() if not k.startswith("batch_")},
         "batch_size": batch,
-        "dtype": _DTYPE.value,
-        "attention": _ATTENTION.value,
-        "remat": _REMAT.value,
-        "attention_block": _BLOCK.value,
-        "dropout": _DROPOUT.value,
+        "dtype": opts.dtype,
+        "attention": opts.attention,
+        "remat": opts.remat,
+        "attention_block": opts.attention_block,
+        "dropout": opts.dropout,
         "threads": threads(),
-        "warmup_steps": _WARMUP.value,
-        "timed_steps": _STEPS.value,
-        "turn_steps": _TURN_STEPS.value,
+        "warmup_steps": opts.warmup,
+        "timed_steps": opts.steps,
+        "turn_steps": opts.turn_steps,
         "flops_per_token": flops,
         "peak_flops": peak,
         **_summary(times["project"], reports["project"], tokens_per_step, flops, peak),
@@ -479,30 +486,19 @@ def benchmark() -> dict:
     return result
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _WORKER.value:
-        # Nothing of the other side is imported here: its memory would count as ours.
-        session = project_session if _WORKER.value == "project" else hf_session
-        serve(session(SHAPES[_SHAPE.value], _BATCH.value))
-        return
-    result = benchmark()
-    if _PROFILE.value:
+def run(opts: Options) -> dict:
+    """The benchmark with its profiles attached; prints the tables and the headline."""
+    result = benchmark(opts)
+    if opts.profile:
         from gpt1_jax.tools import profiling
         sides = [("gpt1-jax", result, "profile.json")]
         if "reference" in result:  # not a stale file of an earlier run
             sides.append(("HF PyTorch", result["reference"], "profile_hf.json"))
         for label, side, file_name in sides:
-            summary = json.loads((pathlib.Path(_PROFILE.value) / file_name).read_text())
+            summary = json.loads((pathlib.Path(opts.profile) / file_name).read_text())
             side["profile"] = summary["parts"]
             print(f"{label}:\n" + profiling.format_table(summary), file=sys.stderr)
-    text = json.dumps(result, indent=2)
-    print(text)
-    print(headline(result), file=sys.stderr)
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
-            f.write(text + "\n")
+    return result
 
 
 def headline(result: dict) -> str:
@@ -519,6 +515,3 @@ def headline(result: dict) -> str:
                  f"{result['reference']['matmul_flops_per_sec'] / 1e9:.0f} GFLOP/s")
     return line + (f" on {cpu}" if cpu else "")
 
-
-if __name__ == "__main__":
-    common.run(main, "bench")

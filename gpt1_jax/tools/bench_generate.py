@@ -1,24 +1,22 @@
 """Generation speed: the KV-cached decoder against recomputing the whole sequence per token.
 
-    python -m gpt1_jax.tools.bench_generate --workdir=runs/demo [--new_tokens=256 --prompt_tokens=16 --batch_size=1]
+    python -m gpt1_jax.cli.bench_generate --init_from=runs/demo [--new_tokens=256 --prompt_tokens=16 --batch_size=1]
 
 Both run greedy decoding of the same prompt (taken from a bundled book) as one jitted
 loop; each is compiled and run once first, then timed over --repeats runs (best
 kept). The recompute baseline reads the whole fixed-size buffer at every step but
 sends only the needed position through the output head. Prints one JSON object.
 """
-import json
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
 
 from gpt1_jax import assets, loading
 from gpt1_jax import generate as generate_lib
 from gpt1_jax import model as model_lib
-from gpt1_jax.cli import common
+from gpt1_jax.errors import ConfigError
 
 
 def _timed(fn, repeats: int) -> tuple[float, float, np.ndarray]:
@@ -38,9 +36,12 @@ def benchmark(loaded: loading.LoadedModel, batch_size: int, prompt_tokens: int, 
               repeats: int) -> dict:
     """Times cached and recomputed greedy decoding of `new_tokens` tokens."""
     cfg = loaded.config
+    if min(batch_size, prompt_tokens, new_tokens, repeats) < 1:
+        raise ConfigError(f"batch_size, prompt_tokens, new_tokens and repeats must be positive, got "
+                          f"{batch_size}, {prompt_tokens}, {new_tokens} and {repeats}")
     if prompt_tokens + new_tokens > cfg.n_ctx:
-        raise ValueError(f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds the model's "
-                         f"context of {cfg.n_ctx}; lower --new_tokens or use a longer-context model")
+        raise ConfigError(f"prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds the model's "
+                          f"context of {cfg.n_ctx}; lower --prompt_tokens or --new_tokens")
     if loaded.tokenizer is not None:
         ids = loaded.tokenizer.encode(assets.book_files()[0].read_text(encoding="utf-8")[20_000:30_000])
     else:
@@ -72,24 +73,3 @@ def benchmark(loaded: loading.LoadedModel, batch_size: int, prompt_tokens: int, 
         "recompute_first_call_s": round(recompute_first, 2),
         "same_tokens": bool(np.array_equal(cached_tokens, recompute_tokens)),
     }
-
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "Pretraining workdir, training checkpoint or params "
-                               "export (local or gs://).", required=True)
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 1, "Prompts decoded together.")
-_PROMPT_TOKENS = flags.DEFINE_integer("prompt_tokens", 16, "Tokens per prompt.")
-_NEW_TOKENS = flags.DEFINE_integer("new_tokens", 256, "Tokens generated per prompt.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs after the first (the best is reported).")
-
-
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    result = benchmark(loading.load(_WORKDIR.value), _BATCH_SIZE.value, _PROMPT_TOKENS.value,
-                       _NEW_TOKENS.value, _REPEATS.value)
-    result["workdir"] = str(_WORKDIR.value)
-    print(json.dumps(result))
-
-
-if __name__ == "__main__":
-    common.run(main, "bench_generate")

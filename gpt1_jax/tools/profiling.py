@@ -12,7 +12,7 @@ table (aten ops carry no module path, so its parts are kinds of op: linear layer
 attention matmuls, softmax, LayerNorm, dropout, ...), so both sides of one bench run can be
 read side by side.
 
-Used by `python -m gpt1_jax.tools.bench --profile=DIR`.
+Used by `python -m gpt1_jax.cli.bench --profile=DIR`.
 """
 import collections
 import gzip
