@@ -1,4 +1,4 @@
-"""Entry point of every job: flags -> config -> the job its `mode` names.
+r"""Entry point of every job: flags -> config -> the job its `mode` names.
 
     python -m gpt1_jax.main --config=configs/demo.py --workdir=runs/demo \
         [--config.train.num_steps=100 --config.train.batch_size=8 ...]
@@ -24,17 +24,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
                                "(local or gs://).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-MODES = ("pretrain", "finetune", "eval")
-
-
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from gpt1_jax import distributed, rundir, stopping
+    from gpt1_jax import config_rules, distributed, rundir, stopping
     from gpt1_jax.errors import UserError
     config = _CONFIG.value
-    if config.mode not in MODES:
-        raise app.UsageError(f"config.mode={config.mode!r}; expected one of {', '.join(MODES)}")
+    config_rules.check(config)  # before any work: a bad value never costs a compile or a run
     dist = config.distributed
     if dist.initialize:
         distributed.initialize(dist.coordinator_address, dist.num_processes, dist.process_id,
@@ -42,7 +38,7 @@ def main(argv) -> None:
                                dist.get("heartbeat_timeout_secs", 100))
     workdir = rundir.path(_WORKDIR.value)
     try:
-        with stopping.StopRequested(config.train.grace_period_secs) as stop, _workdir_lock(workdir):
+        with stopping.StopRequested(config.train.grace_period_secs) as stop, _workdir_lock(workdir, stop):
             summary = run_job(config, workdir, stop)
     except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
@@ -60,15 +56,16 @@ def main(argv) -> None:
         sys.exit(stopping.EXIT_RESUME)
 
 
-def _workdir_lock(workdir):
+def _workdir_lock(workdir, stop):
     """The workdir's lock, claimed by process 0 only: a job's processes share the workdir,
-    and if process 0 is refused, its error ends the others."""
+    and if process 0 is refused, its error ends the others. A gs:// lease that another job
+    takes over fails the job at its next step (`stop.abort`), before another checkpoint."""
     import jax
 
     from gpt1_jax import workdir as workdir_lib
     if jax.process_index() != 0:
         return contextlib.nullcontext()
-    return workdir_lib.WorkdirLock(workdir)
+    return workdir_lib.WorkdirLock(workdir, on_lost=stop.abort)
 
 
 def run_job(config, workdir, stop) -> dict:

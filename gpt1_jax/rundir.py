@@ -1,12 +1,16 @@
-"""The run directory: the name of every file a job keeps, and how each is written.
+"""The run directory and the one owner of storage: the name of every file a job keeps,
+and how each is read, listed and written, locally and on gs://.
 
 A workdir (and `init_from`, `data.text_files`, `data.cache_dir`) is a local path or a
 `gs://bucket/prefix`; both go through `etils.epath` (gcsfs for gs://; orbax's TensorStore
 speaks gs:// itself). `pathlib.Path("gs://b/run")` would be the local folder `gs:/b/run`,
-so nothing in the project builds run paths any other way than `path()` here.
+so nothing in the project builds run paths any other way than `path()` here. Storage
+clients (fsspec, gcsfs, google-cloud-storage) are used here and in `gcs_objects` (the
+conditional requests of the gs:// workdir lease) only.
 
     <workdir>/
       .lock              the job holding the workdir (workdir.py)
+      token_cache/       the token cache of a multi-host job without data.cache_dir
       checkpoints/<step>/  orbax training checkpoints (checkpoint.py)
       export/            params-only export: params/, model.json, tokenizer/ (task.json)
       tokenizer/         the tokenizer the run used
@@ -17,23 +21,33 @@ so nothing in the project builds run paths any other way than `path()` here.
       predictions/       fine-tuning: one file per evaluated split
       zero_shot.json/png the zero-shot curves over a run's checkpoints
 
-Writes are whole or absent: a local file goes through a temporary file and a rename; an
-object store replaces an object in one upload, never showing part of it. Object stores
-cannot append, so metrics.jsonl is rewritten whole at every log (it stays small).
+Writes are whole or absent: a local file goes through a temporary file beside it
+(`.<name>.<random>.tmp`) and a rename, and gets the mode the user's umask gives a new file;
+an object store replaces an object in one upload, never showing part of it. Object stores
+cannot append, so metrics.jsonl is rewritten whole at every log (it stays small). A
+process killed mid-write leaves its temporary file behind: `remove_temp_files` clears them
+where a lock says no writer is alive (the token cache does).
+
+Local caches and scratch space live under one root, `$GPT1_JAX_CACHE` or
+`~/.cache/gpt1_jax` (`cache_root()`): tokens/, remote/ (local mirrors of gs:// token
+caches), scratch/ (`scratch_directory`: removed at exit, or by the next job after a kill).
 """
 import contextlib
+import errno
+import fcntl
 import glob
-import io
 import json
 import os
+import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from etils import epath
 
-from gpt1_jax.errors import DataError
+from gpt1_jax.errors import DataError, UserError
 
 CHECKPOINTS = "checkpoints"
 EXPORT = "export"
@@ -49,20 +63,41 @@ EXPORT_PARAMS = "params"        # inside an export
 EXPORT_MODEL_JSON = "model.json"
 EXPORT_TASK_JSON = "task.json"  # fine-tuned exports: the task and its max_len
 TOKENIZER_CONFIG = "tokenizer.json"  # written last: its presence marks a whole tokenizer
+TOKENIZER_SETTINGS = "settings.json"  # the settings a tokenizer was built from
+TOKEN_CACHE = "token_cache"
 
-_REMOTE_PREFIXES = ("gs://", "s3://")
+CACHE_ROOT_ENV = "GPT1_JAX_CACHE"
+DEFAULT_CACHE_ROOT = "~/.cache/gpt1_jax"
+TEMP_SUFFIX = ".tmp"
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+def scheme(p) -> str:
+    """The URL scheme of `p` ("gs" for gs://bucket/x), "" for a local path."""
+    match = _SCHEME.match(os.fspath(p))
+    return match.group(1).lower() if match else ""
 
 
 def is_remote(p) -> bool:
-    return os.fspath(p).startswith(_REMOTE_PREFIXES)
+    return scheme(p) != ""
 
 
 def path(p) -> epath.Path:
-    """`p` as an epath: gs:// stays remote; a local path is expanded (~) and made absolute."""
+    """`p` as an epath: gs:// stays remote; a local path is expanded (~) and made absolute.
+    A scheme epath has no file system for is a UserError naming the path."""
     text = os.fspath(p)
     if is_remote(text):
-        return epath.Path(text)
+        try:
+            return epath.Path(text)
+        except (KeyError, ValueError, NotImplementedError) as e:
+            raise UserError(f"{text}: no storage for {scheme(text)}:// (use a local path or "
+                            f"gs://)") from e
     return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def cache_root() -> epath.Path:
+    """The local root of caches and scratch space: $GPT1_JAX_CACHE or ~/.cache/gpt1_jax."""
+    return path(os.environ.get(CACHE_ROOT_ENV) or DEFAULT_CACHE_ROOT)
 
 
 def list_names(directory) -> list[str]:
@@ -98,18 +133,36 @@ def expand_patterns(patterns: str, what: str) -> list[epath.Path]:
     return found
 
 
-def write_bytes(p, data: bytes) -> None:
-    """Writes `data` to `p` whole: readers see the old contents or the new, never part."""
+def umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def new_file_mode() -> int:
+    """The mode `open(..., "w")` gives a new file: mkstemp's 0600 would hide run files from
+    other users and services (TensorBoard) that can read the folder."""
+    return 0o666 & ~umask()
+
+
+@contextlib.contextmanager
+def atomic_local_file(p) -> Iterator[BinaryIO]:
+    """`with atomic_local_file(p) as f:` writes a local file whole: into a temporary file
+    beside `p` (`.<name>.<random>.tmp`), synced and renamed onto `p` when the block ends; on
+    an exception it is removed and `p` is untouched."""
     p = path(p)
-    if is_remote(p):
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)  # one object upload
-        return
     os.makedirs(p.parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    tmp = os.fspath(p.parent / f".{p.name}.{uuid.uuid4().hex[:12]}{TEMP_SUFFIX}")
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, new_file_mode())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
@@ -117,6 +170,131 @@ def write_bytes(p, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def temp_files(p) -> list[epath.Path]:
+    """The temporary files `atomic_local_file(p)` leaves when its process is killed."""
+    p = path(p)
+    pattern = re.compile(rf"\.{re.escape(p.name)}\.[0-9a-f]{{12}}{re.escape(TEMP_SUFFIX)}")
+    return [p.parent / name for name in list_names(p.parent) if pattern.fullmatch(name)]
+
+
+def remove_temp_files(p) -> int:
+    """Removes what killed writers of `p` left; only for a caller that knows no writer of `p`
+    is alive (it holds their lock). Returns how many it removed."""
+    removed = 0
+    for leftover in temp_files(p):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(leftover)
+            removed += 1
+    return removed
+
+
+def write_bytes(p, data: bytes) -> None:
+    """Writes `data` to `p` whole: readers see the old contents or the new, never part."""
+    p = path(p)
+    if is_remote(p):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)  # one object upload
+        return
+    with atomic_local_file(p) as f:
+        f.write(data)
+
+
+def upload_file(local, p) -> None:
+    """Copies the local file `local` to `p` whole (one object upload on gs://)."""
+    p = path(p)
+    if not is_remote(p):
+        with open(local, "rb") as source, atomic_local_file(p) as f:
+            shutil.copyfileobj(source, f, length=1 << 22)
+        return
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(local, "rb") as source, p.open("wb") as out:
+        shutil.copyfileobj(source, out, length=1 << 22)
+
+
+def download_file(p, local) -> None:
+    """Copies `p` (local or gs://) to the local file `local`, whole or not at all."""
+    with path(p).open("rb") as source, atomic_local_file(local) as f:
+        shutil.copyfileobj(source, f, length=1 << 22)
+
+
+@contextlib.contextmanager
+def file_lock(p) -> Iterator[bool]:
+    """Holds an exclusive `flock` on the local file `p` (created if absent) for the block,
+    waiting for another holder; yields False, unlocked, where the file system has no flock."""
+    p = path(p)
+    os.makedirs(p.parent, exist_ok=True)
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, new_file_mode())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno not in NO_FLOCK_ERRNOS:
+                raise
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+# flock's answers that mean "this file system cannot lock", not "someone holds the lock".
+NO_FLOCK_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL})
+
+
+@contextlib.contextmanager
+def scratch_directory(purpose: str) -> Iterator[str]:
+    """A fresh local folder under `cache_root()/scratch/`, removed when the block ends. Its
+    lock (`<folder>.lock`) is held meanwhile, so a job killed inside the block leaves a
+    folder that the next call (from any job) removes, not a dump that fills the disk."""
+    root = os.fspath(cache_root() / "scratch")
+    os.makedirs(root, exist_ok=True)
+    _sweep_scratch(root)
+    while True:
+        folder = os.path.join(root, f"{purpose}-{uuid.uuid4().hex[:12]}")
+        lock_fd = os.open(f"{folder}.lock", os.O_RDWR | os.O_CREAT | os.O_EXCL, new_file_mode())
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as e:
+            if e.errno in NO_FLOCK_ERRNOS:
+                break  # no flock here: nothing sweeps it either; it is removed at exit
+            os.close(lock_fd)  # a sweeper took the new lock first: it removes it; start over
+    try:
+        # Made only once the lock is held, so no sweeper ever removes a folder in use.
+        os.mkdir(folder)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{folder}.lock")
+    finally:
+        os.close(lock_fd)
+
+
+def _sweep_scratch(root: str) -> None:
+    """Removes the scratch folders under `root` whose lock no live process holds."""
+    for entry in os.listdir(root):
+        if not entry.endswith(".lock"):
+            continue
+        lock_file = os.path.join(root, entry)
+        try:
+            fd = os.open(lock_file, os.O_RDWR)
+        except OSError:  # removed meanwhile by its owner
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by a live job, or no flock here: leave it
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(lock_file.removesuffix(".lock"), ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock_file)
+        finally:
+            os.close(fd)
 
 
 def write_text(p, text: str) -> None:
@@ -147,27 +325,23 @@ def update_summary(workdir, values: dict, write: bool) -> dict:
     return summary
 
 
-def save_tokenizer(tokenizer, directory) -> None:
+def save_tokenizer(tokenizer, directory, settings: dict | None = None) -> None:
     """`tokenizer.save(directory)` with its config file written last and whole, so a job
-    killed mid-save leaves no tokenizer that looks complete."""
+    killed mid-save leaves no tokenizer that looks complete; `settings` (what it was built
+    from) go to TOKENIZER_SETTINGS before it."""
     directory = path(directory)
-    with tempfile.TemporaryDirectory(prefix="gpt1_jax-tokenizer-") as tmp:
+    with scratch_directory("tokenizer") as tmp:
         tokenizer.save(tmp)
         names = sorted(os.listdir(tmp), key=lambda name: name == TOKENIZER_CONFIG)
         for name in names:
+            if name == TOKENIZER_CONFIG and settings is not None:
+                write_json(directory / TOKENIZER_SETTINGS, settings)
             with open(os.path.join(tmp, name), "rb") as f:
                 write_bytes(directory / name, f.read())
 
 
 def has_tokenizer(directory) -> bool:
     return (path(directory) / TOKENIZER_CONFIG).exists()
-
-
-def render_png(figure) -> bytes:
-    """A matplotlib figure as PNG bytes (to `write_bytes` anywhere)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    return buffer.getvalue()
 
 
 @contextlib.contextmanager

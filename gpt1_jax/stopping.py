@@ -21,10 +21,15 @@ from collections.abc import Callable
 import jax
 
 from gpt1_jax import distributed
+from gpt1_jax.errors import UserError
 
 EXIT_FINISHED = 0
 EXIT_RESUME = 42
 EXIT_FAILED = 1
+
+
+class AbortedError(UserError, RuntimeError):
+    """The job must stop without saving: what it would write is no longer its to write."""
 
 
 class StopRequested:
@@ -43,6 +48,10 @@ class StopRequested:
     stays uncommitted, so the next run resumes from the last committed one. Later signals
     are reported and otherwise ignored: a second Ctrl-C must not abandon the checkpoint
     being written. `grace_period_secs <= 0` waits without limit.
+
+    `abort(message)` (from any thread; the workdir lease's when another job took the
+    workdir over) makes the next `at_step` raise AbortedError instead of returning, so the
+    loop saves no further checkpoint and the job ends with one `error:` line.
     """
 
     def __init__(self, grace_period_secs: float = 25.0,
@@ -55,6 +64,11 @@ class StopRequested:
         self._previous = {}
         self._watchdog: threading.Timer | None = None
         self._multiprocess = False
+        self._abort_message: str | None = None
+
+    def abort(self, message: str) -> None:
+        """Fails the job at its next step, before it saves anything more."""
+        self._abort_message = message
 
     def __enter__(self):
         self._multiprocess = jax.process_count() > 1
@@ -88,8 +102,11 @@ class StopRequested:
             self._watchdog.start()
 
     def at_step(self, step: int) -> bool:
-        """Whether to checkpoint `step` and stop; call it once per step, on every process."""
+        """Whether to checkpoint `step` and stop; call it once per step, on every process.
+        Raises AbortedError after `abort`."""
         self.loop_started = True
+        if self._abort_message is not None:
+            raise AbortedError(f"stopped at step {step} without saving it: {self._abort_message}")
         if not self.stopped:
             if self._multiprocess:
                 self.stopped = distributed.reached_stop_point(step)

@@ -26,10 +26,15 @@ it over: the takeover is conditional on the expired generation, so of two racing
 exactly one wins. GCS makes every step atomic; what the lease cannot promise is that a
 holder is never overtaken while alive: a holder that cannot renew for a whole TTL
 (network outage, a paused process) may see a second job take the workdir over. The first
-finds out at its next renewal, logs an error and `lost()` turns True; its writes are not
-fenced. Expiry is judged by the taker's clock against the holder's, so hosts' clocks must
-agree to well within the TTL (NTP does). After a `kill -9` a restart waits up to one TTL
-(60 s by default; `ttl_secs=` or the environment variable GPT1_JAX_LEASE_TTL_SECS).
+finds out at its next renewal, logs an error, `lost()` turns True and `on_lost(message)` is
+called: the job (main.py) turns it into a stop that fails at its next step, before any
+further checkpoint. Writes between the takeover and that step are not fenced. Expiry is
+judged by the taker's clock against the holder's, so hosts' clocks must agree to well
+within the TTL (NTP does). After a `kill -9` a restart waits up to one TTL (60 s by default;
+`ttl_secs=` or the environment variable GPT1_JAX_LEASE_TTL_SECS).
+
+Any other scheme (s3://, az://, hdfs://, ...) has no lease here: the claim is refused
+with a WorkdirError before anything is created, locally or remotely.
 
 Multi-process jobs (jax.distributed) share one workdir, so only process 0 claims it:
 its processes must not refuse each other. If process 0 is refused it exits, and the
@@ -38,7 +43,6 @@ distributed runtime ends the other processes when they lose their coordinator.
 import datetime
 import errno
 import fcntl
-import functools
 import json
 import logging
 import os
@@ -47,14 +51,14 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
+from gpt1_jax import gcs_objects, rundir
 from gpt1_jax.errors import UserError
 
 LOCK_FILE = ".lock"
 DEFAULT_LEASE_TTL_SECS = 60.0
 LEASE_TTL_ENV = "GPT1_JAX_LEASE_TTL_SECS"
-# flock's answers that mean "this file system cannot lock", not "someone holds the lock".
-_NO_FLOCK_ERRNOS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +75,24 @@ class WorkdirLock:
     """`with WorkdirLock(workdir):` creates the workdir if needed and claims it.
 
     `workdir` is a local path or a gs:// URL (str, pathlib or etils.epath path). Raises
-    WorkdirError when the workdir cannot be created or written, and WorkdirLockedError,
-    naming the holder, when a live job holds it. `ttl_secs` is the gs:// lease's lifetime.
+    WorkdirError when the workdir cannot be created or written, or is on storage without a
+    lock here, and WorkdirLockedError, naming the holder, when a live job holds it.
+    `ttl_secs` is the gs:// lease's lifetime; `on_lost(message)` is called (from the
+    lease's thread) if another job takes the workdir over.
     """
 
-    def __init__(self, workdir, ttl_secs: float | None = None):
+    def __init__(self, workdir, ttl_secs: float | None = None,
+                 on_lost: Callable[[str], None] | None = None):
         self.workdir = workdir
         name = os.fspath(workdir)
-        if name.startswith("gs://"):
-            self._claim = _GcsLease(name, _lease_ttl(ttl_secs))
+        kind = rundir.scheme(name)
+        if kind == "gs":
+            self._claim = _GcsLease(name, _lease_ttl(ttl_secs), on_lost)
+        elif not kind:
+            self._claim = _FileLock(pathlib.Path(os.fspath(rundir.path(name))))
         else:
-            self._claim = _FileLock(pathlib.Path(name))
+            raise WorkdirError(f"workdir {name}: no workdir lock for {kind}:// storage, so two "
+                               f"jobs could write it at once; use a local path or gs://")
 
     @property
     def path(self):
@@ -129,7 +140,7 @@ class _FileLock:
     def acquire(self) -> None:
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, rundir.new_file_mode())
         except OSError as e:
             raise WorkdirError(f"workdir {self.workdir} is not writable: {e.strerror} "
                                f"({e.filename or self.path})") from e
@@ -137,7 +148,7 @@ class _FileLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             locked = True
         except OSError as e:
-            if e.errno in _NO_FLOCK_ERRNOS:
+            if e.errno in rundir.NO_FLOCK_ERRNOS:
                 log.warning("the file system of %s does not support flock (%s): this job runs "
                             "WITHOUT a workdir lock, so make sure no other job uses %s",
                             self.path, e.strerror or errno.errorcode.get(e.errno, e.errno),
@@ -178,41 +189,19 @@ def _read_text(fd: int) -> str:
 
 # --- gs://: a lease object ------------------------------------------------------------------------
 
-def _split_gs(url: str) -> tuple[str, str]:
-    """gs://bucket/a/b/ -> ("bucket", "a/b")."""
-    bucket, _, prefix = url.removeprefix("gs://").partition("/")
-    if not bucket:
-        raise WorkdirError(f"workdir {url}: no bucket name")
-    return bucket, prefix.strip("/")
-
-
-def _storage_client():
-    from google.cloud import storage  # only gs:// workdirs need it
-    # With STORAGE_EMULATOR_HOST set the client is anonymous; a project is still required.
-    return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT") or "gpt1-jax")
-
-
-def _transient_errors() -> tuple[type[Exception], ...]:
-    """What a GCS request may raise when the network or the service is in trouble
-    (requests' errors are OSErrors)."""
-    from google.api_core import exceptions
-    from google.auth import exceptions as auth_exceptions
-    return exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError, OSError
-
-
 def _describe(record: dict) -> str:
     return (f"pid {record.get('pid', '?')} on {record.get('host', '?')}, "
             f"started {record.get('started', '?')}")
 
 
 class _GcsLease:
-    def __init__(self, url: str, ttl_secs: float):
+    def __init__(self, url: str, ttl_secs: float, on_lost: Callable[[str], None] | None = None):
         self.workdir = url.rstrip("/")
         self.path = f"{self.workdir}/{LOCK_FILE}"
+        gcs_objects.split_url(url)  # a bucket is named
         self.ttl_secs = ttl_secs
-        self._bucket_name, prefix = _split_gs(url)
-        self._object_name = f"{prefix}/{LOCK_FILE}" if prefix else LOCK_FILE
-        self._bucket = None
+        self._on_lost = on_lost
+        self._object = gcs_objects.GcsObject(self.path, timeout_secs=max(5.0, ttl_secs / 3))
         self._token = uuid.uuid4().hex  # tells our own lease from another job's
         self._started = _now_text()
         self._generation = None
@@ -227,46 +216,25 @@ class _GcsLease:
                            "renewed_at": now, "expires_at": now + self.ttl_secs,
                            "ttl_secs": self.ttl_secs}).encode()
 
-    def _write(self, if_generation_match: int) -> int:
-        """Writes our record if the object's generation is `if_generation_match` (0: absent);
-        returns the new generation. Raises PreconditionFailed otherwise."""
-        blob = self._bucket.blob(self._object_name)
-        blob.upload_from_string(self._record(), content_type="application/json",
-                                if_generation_match=if_generation_match,
-                                timeout=max(5.0, self.ttl_secs / 3))
-        return blob.generation
-
     def _read(self):
         """(generation, record) of the lease object now, or None when there is none."""
-        from google.api_core import exceptions
-        while True:
-            blob = self._bucket.get_blob(self._object_name)
-            if blob is None:
-                return None
-            try:
-                text = blob.download_as_text(if_generation_match=blob.generation)
-                break
-            except (exceptions.NotFound, exceptions.PreconditionFailed):
-                continue  # replaced or deleted between the two requests
+        version = self._object.read()
+        if version is None:
+            return None
         try:
-            record = json.loads(text)
+            record = json.loads(version.data)
         except ValueError:
             record = {}
         if not isinstance(record, dict) or "expires_at" not in record:
             # Not written by this module: judge it by its age, as a lease written then.
-            updated = blob.updated.timestamp() if blob.updated else time.time()
+            updated = version.updated.timestamp() if version.updated else time.time()
             record = {"expires_at": updated + self.ttl_secs}
-        return blob.generation, record
+        return version.generation, record
 
     def acquire(self) -> None:
-        from google.api_core import exceptions
-        from google.auth import exceptions as auth_exceptions
         try:
-            self._bucket = _storage_client().bucket(self._bucket_name)
             self._generation = self._claim()
-        except WorkdirError:
-            raise
-        except (exceptions.GoogleAPICallError, auth_exceptions.GoogleAuthError) as e:
+        except gcs_objects.transient_errors() as e:
             raise WorkdirError(f"workdir {self.workdir} is not writable: cannot create "
                                f"{self.path}: {e}") from e
         self._stop.clear()
@@ -276,11 +244,10 @@ class _GcsLease:
         self._thread.start()
 
     def _claim(self) -> int:
-        from google.api_core import exceptions
         for _ in range(5):  # each retry follows a change by another job; a few suffice
             try:
-                return self._write(if_generation_match=0)
-            except exceptions.PreconditionFailed:
+                return self._object.create(self._record())
+            except gcs_objects.Changed:
                 pass
             current = self._read()
             if current is None:
@@ -295,8 +262,8 @@ class _GcsLease:
                     f"its lease {self.path} expires in {remaining:.0f} s unless renewed); "
                     f"wait for it to end or choose another workdir")
             try:
-                generation = self._write(if_generation_match=generation)
-            except exceptions.PreconditionFailed:
+                generation = self._object.replace(self._record(), generation)
+            except gcs_objects.Changed:
                 continue  # renewed, released or taken by another job in between
             log.warning("took over the expired lease %s of %s (expired %.0f s ago)",
                         self.path, _describe(record), -remaining)
@@ -305,31 +272,32 @@ class _GcsLease:
                                  f"changing; another job is claiming it")
 
     def _renew_until_released(self) -> None:
-        from google.api_core import exceptions
         while not self._stop.wait(self.ttl_secs / 3):
             try:
-                self._generation = self._write(if_generation_match=self._generation)
-            except (exceptions.PreconditionFailed, exceptions.NotFound):
+                self._generation = self._object.replace(self._record(), self._generation)
+            except gcs_objects.Changed:
                 current = self._read_quietly()
                 if current is not None and current[1].get("token") == self._token:
                     self._generation = current[0]  # a retried renewal of ours
                     continue
                 holder = _describe(current[1]) if current else "nobody (deleted)"
-                log.error("lost the workdir lease %s: it is now held by %s; another job may be "
-                          "writing to %s", self.path, holder, self.workdir)
+                message = (f"lost the workdir lease {self.path}: it is now held by {holder}; "
+                           f"another job may be writing to {self.workdir}")
+                log.error("%s", message)
                 self._lost.set()
+                if self._on_lost is not None:
+                    self._on_lost(message)
                 return
-            except _transient_errors() as e:  # network trouble: try again at the next tick
+            except gcs_objects.transient_errors() as e:  # network trouble: retry at the next tick
                 log.warning("could not renew the workdir lease %s (%s); retrying", self.path, e)
 
     def _read_quietly(self):
         try:
             return self._read()
-        except _transient_errors():  # the renewal thread only reports; it must not die here
+        except gcs_objects.transient_errors():  # the renewal thread only reports; it must not die here
             return None
 
     def release(self) -> None:
-        from google.api_core import exceptions
         if self._thread is None:
             return
         self._stop.set()
@@ -338,26 +306,13 @@ class _GcsLease:
         if self._lost.is_set():
             return
         try:
-            self._bucket.blob(self._object_name).delete(if_generation_match=self._generation)
-        except (exceptions.PreconditionFailed, exceptions.NotFound):
+            self._object.delete(self._generation)
+        except gcs_objects.Changed:
             log.warning("the workdir lease %s was no longer ours at release; left as it is",
                         self.path)
-        except _transient_errors() as e:
+        except gcs_objects.transient_errors() as e:
             log.warning("could not delete the workdir lease %s (%s); it expires in %.0f s",
                         self.path, e, self.ttl_secs)
 
     def lost(self) -> bool:
         return self._lost.is_set()
-
-
-def exclusive(job):
-    """Decorates a job `job(config, workdir, ...)` so that it runs holding the workdir's
-    lock (process 0 only, see the module docstring)."""
-    @functools.wraps(job)
-    def run(config, workdir, *args, **kwargs):
-        import jax  # imported here so that the lock itself needs only the standard library
-        if jax.process_index() != 0:
-            return job(config, workdir, *args, **kwargs)
-        with WorkdirLock(workdir):
-            return job(config, workdir, *args, **kwargs)
-    return run

@@ -108,7 +108,7 @@ def test_every_consumer_reads_the_run_from_gcs(runs, shared_data, tmp_path):
     converted = jobs.run([sys.executable, "-m", "gpt1_jax.cli.convert", "--from=orbax", "--to=hf",
                           remote, str(hf_dir)])
     assert "1 layers, width 32" in converted.stdout and (hf_dir / "model.safetensors").is_file()
-    sampled = jobs.run([sys.executable, "-m", "gpt1_jax.cli.sample", f"--workdir={remote}",
+    sampled = jobs.run([sys.executable, "-m", "gpt1_jax.cli.sample", f"--init_from={remote}",
                         "--prompt=it was a dark and stormy night", "--max_new_tokens=4",
                         "--temperature=0"])
     assert sampled.stdout.startswith("it was a dark and stormy night")

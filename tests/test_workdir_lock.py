@@ -1,5 +1,6 @@
-"""The workdir lock: flock on local disks, a warning where flock is missing, and the gs://
-lease (against a real GCS server) that dies with its holder only after its TTL."""
+"""The workdir lock: flock on local disks, a warning where flock is missing, the gs:// lease
+(against a real GCS server) that dies with its holder only after its TTL, and storage
+without a lock (s3://, az://, hdfs://) refused before anything is created."""
 import errno
 import fcntl
 import json
@@ -14,6 +15,7 @@ import time
 
 import pytest
 
+import jobs
 from gcs import BUCKET
 from gpt1_jax import workdir as workdir_lib
 
@@ -82,6 +84,42 @@ def test_other_flock_errors_still_refuse_to_start(tmp_path, monkeypatch):
         workdir_lib.WorkdirLock(tmp_path).acquire()
 
 
+def test_local_lock_file_gets_the_users_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with workdir_lib.WorkdirLock(tmp_path / "run"):
+            mode = (tmp_path / "run" / workdir_lib.LOCK_FILE).stat().st_mode & 0o777
+    finally:
+        os.umask(old)
+    assert mode == 0o640
+
+
+# --- storage without a lock ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["s3://bucket/run", "az://container/run", "hdfs://namenode/run"])
+def test_a_workdir_on_storage_without_a_lock_is_refused_creating_nothing(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scheme = url.split("://")[0]
+    with pytest.raises(workdir_lib.WorkdirError, match=f"{scheme}://"):
+        workdir_lib.WorkdirLock(url).acquire()
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/run", "hdfs://namenode/run"])
+def test_a_job_in_a_workdir_without_a_lock_is_one_error_line(url, tmp_path):
+    # Run from an empty folder (the repository on PYTHONPATH): a local `s3:` or `hdfs:` folder
+    # would appear there.
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt1_jax.main", f"--config={REPO / 'configs' / 'tiny.py'}", f"--workdir={url}"],
+        cwd=tmp_path, env=jobs.env(PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, jobs.output(result)
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and f"{url.split('://')[0]}://" in lines[-1], jobs.output(result)
+    assert "Traceback" not in result.stderr and sum(line.startswith("error:") for line in lines) == 1
+    assert not list(tmp_path.iterdir())
+    assert not (REPO / f"{url.split('://')[0]}:").exists()
+
+
 # --- gs:// leases --------------------------------------------------------------------------------
 
 def lease_object(url: str):
@@ -141,7 +179,8 @@ def test_gs_lease_of_a_killed_job_is_taken_over_after_its_ttl(gcs_bucket_url, ca
 @pytest.mark.slow
 def test_gs_lease_renewal_keeps_a_live_holder_and_reports_a_takeover(gcs_bucket_url, caplog):
     ttl = 1.5
-    holder = workdir_lib.WorkdirLock(gcs_bucket_url, ttl_secs=ttl)
+    told = []
+    holder = workdir_lib.WorkdirLock(gcs_bucket_url, ttl_secs=ttl, on_lost=told.append)
     holder.acquire()
     try:
         first_generation = lease_object(gcs_bucket_url).generation
@@ -163,6 +202,7 @@ def test_gs_lease_renewal_keeps_a_live_holder_and_reports_a_takeover(gcs_bucket_
         assert holder.lost()
         assert any("lost the workdir lease" in r.getMessage() and "pid 1 on elsewhere" in
                    r.getMessage() for r in caplog.records)
+        assert len(told) == 1 and "pid 1 on elsewhere" in told[0]  # the job is told, once
     finally:
         holder.release()
     # Release leaves the other job's lease alone.

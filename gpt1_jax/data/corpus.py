@@ -180,11 +180,10 @@ class TfdsCorpus:
 
     def __init__(self, name: str, split: str = "train", data_dir: str | None = None,
                  text_key: str = "text"):
-        # Imported here so that runs on plain text files never load TFDS.
-        import tensorflow_datasets as tfds
+        from gpt1_jax.data import tfds_source  # imports TFDS: runs on text files never do
 
         self.name, self.split, self.data_dir, self.text_key = name, split, data_dir, text_key
-        self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+        self._source = tfds_source.open_split(name, split, data_dir, f"TFDS dataset {name!r}")
         if len(self._source) == 0:
             raise DataError(f"{self.describe()}: dataset split has no records (empty corpus)")
         first = self._source[0]
@@ -274,74 +273,98 @@ def cache_key(corpus_identity: dict[str, Any], tokenizer_fingerprint: str) -> st
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def token_cache_key(source: CorpusSource, tokenizer: Tokenizer) -> str:
+    """The key of `source`'s cache under `tokenizer`: reads (hashes) the whole corpus."""
+    return cache_key(source.identity(), tokenizer.fingerprint())
+
+
 def build_or_load_token_cache(source: CorpusSource, tokenizer: Tokenizer,
                               cache_dir: str | os.PathLike, progress: bool = True) -> TokenCache:
     """Tokenizes `source` once into `cache_dir/<key>.npy` (+ `<key>.json`) and memmaps it.
 
     The key changes with the corpus content and the tokenizer fingerprint, so a stale cache is
     never reused; a matching one is loaded without calling the tokenizer at all. The `.json` is
-    written last and only after the `.npy` is complete, both through a temporary file and
-    `os.replace`: a crash leaves no cache that looks complete. Concurrent builders (several
-    hosts on one shared file system) each write their own temporary file and the last rename
-    wins, with identical contents. A `gs://` cache_dir is built in a local mirror and
-    uploaded (`.npy`, then `.json`); a later job downloads it into its mirror once.
+    written last and only after the `.npy` is complete, both whole (`rundir.atomic_local_file`):
+    a crash leaves no cache that looks complete. Builders of one key take turns through the
+    lock file `.<key>.lock` beside it (several hosts on one shared file system build it once),
+    and the one holding it removes the temporary files a killed builder left. A `gs://`
+    cache_dir is built in a local mirror and uploaded (`.npy`, then `.json`); a later job
+    downloads it into its mirror once.
     """
     corpus_identity, fingerprint = source.identity(), tokenizer.fingerprint()
     key = cache_key(corpus_identity, fingerprint)
-    if rundir.is_remote(cache_dir):
-        return _remote_token_cache(source, tokenizer, rundir.path(cache_dir), key, progress)
-    return _local_token_cache(source, tokenizer, pathlib.Path(cache_dir), key,
-                              corpus_identity, fingerprint, progress)
-
-
-def _remote_token_cache(source, tokenizer, remote_dir, key: str, progress: bool) -> TokenCache:
-    # Memory-mapping needs a local file: the mirror holds one per remote cache directory.
-    root = pathlib.Path(os.environ.get("GPT1_JAX_CACHE", "~/.cache/gpt1_jax")).expanduser()
-    mirror = root / "remote" / hashlib.sha256(str(remote_dir).encode()).hexdigest()[:16]
-    mirror.mkdir(parents=True, exist_ok=True)
-    local_npy, local_json = mirror / f"{key}.npy", mirror / f"{key}.json"
-    remote_npy, remote_json = remote_dir / f"{key}.npy", remote_dir / f"{key}.json"
-    cache = _load_cache(local_npy, local_json, key)
-    if cache is None and remote_json.exists():
-        local_json.unlink(missing_ok=True)
-        _write_atomically(local_npy, lambda f: _copy_stream(remote_npy, f))
-        _write_atomically(local_json, lambda f: f.write(remote_json.read_bytes()))
-        cache = _load_cache(local_npy, local_json, key)
+    if not rundir.is_remote(cache_dir):
+        return _local_token_cache(source, tokenizer, pathlib.Path(os.fspath(rundir.path(cache_dir))),
+                                  key, corpus_identity, fingerprint, progress)
+    remote_dir = rundir.path(cache_dir)
+    cache = load_token_cache(remote_dir, key)
     if cache is not None:
-        log.info("token cache hit: %s (%s)", source.describe(), remote_npy)
+        log.info("token cache hit: %s (%s)", source.describe(), remote_dir / f"{key}.npy")
         return cache
-    cache = _local_token_cache(source, tokenizer, mirror, key, source.identity(),
-                               tokenizer.fingerprint(), progress)
-    with open(local_npy, "rb") as f, remote_npy.open("wb") as out:  # one upload, whole
-        shutil.copyfileobj(f, out, length=1 << 22)
-    rundir.write_bytes(remote_json, local_json.read_bytes())  # last: it vouches for the .npy
+    cache = _local_token_cache(source, tokenizer, _mirror_of(remote_dir), key, corpus_identity,
+                               fingerprint, progress)
+    rundir.upload_file(cache.path, remote_dir / f"{key}.npy")
+    rundir.upload_file(cache.path.with_suffix(".json"), remote_dir / f"{key}.json")  # last: it vouches
     return cache
 
 
-def _copy_stream(source_path, out) -> None:
-    with source_path.open("rb") as f:
-        shutil.copyfileobj(f, out, length=1 << 22)
+def load_token_cache(cache_dir: str | os.PathLike, key: str) -> TokenCache | None:
+    """The complete cache `key` in `cache_dir` (a gs:// one through the local mirror), or None
+    when there is none; reads neither the corpus nor a tokenizer."""
+    if not rundir.is_remote(cache_dir):
+        directory = pathlib.Path(os.fspath(rundir.path(cache_dir)))
+        return _load_cache(directory / f"{key}.npy", directory / f"{key}.json", key)
+    remote_dir = rundir.path(cache_dir)
+    mirror = _mirror_of(remote_dir)
+    local_npy, local_json = mirror / f"{key}.npy", mirror / f"{key}.json"
+    cache = _load_cache(local_npy, local_json, key)
+    if cache is None and (remote_dir / f"{key}.json").exists():
+        local_json.unlink(missing_ok=True)
+        rundir.download_file(remote_dir / f"{key}.npy", local_npy)
+        rundir.download_file(remote_dir / f"{key}.json", local_json)
+        cache = _load_cache(local_npy, local_json, key)
+    return cache
+
+
+def _mirror_of(remote_dir) -> pathlib.Path:
+    """The local folder that holds copies of a gs:// cache directory (memmaps need local files)."""
+    name = hashlib.sha256(str(remote_dir).encode()).hexdigest()[:16]
+    mirror = pathlib.Path(os.fspath(rundir.cache_root() / "remote" / name))
+    mirror.mkdir(parents=True, exist_ok=True)
+    return mirror
 
 
 def _local_token_cache(source, tokenizer, cache_dir: pathlib.Path, key: str, corpus_identity,
                        fingerprint: str, progress: bool) -> TokenCache:
-    cache_dir.mkdir(parents=True, exist_ok=True)
     npy_path, json_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+    cache = _load_cache(npy_path, json_path, key)  # a hit needs no lock (nor a writable folder)
+    if cache is None:
+        with rundir.file_lock(cache_dir / f".{key}.lock") as locked:
+            # Looked up again: another builder may have finished while this one waited.
+            cache = _load_cache(npy_path, json_path, key)
+            if cache is None:
+                if locked:  # every builder of this key takes the lock: leftovers are a killed one's
+                    removed = rundir.remove_temp_files(npy_path) + rundir.remove_temp_files(json_path)
+                    if removed:
+                        log.info("removed %d temporary file(s) of an interrupted build of %s",
+                                 removed, npy_path)
+                return _build(source, tokenizer, npy_path, json_path, key, corpus_identity,
+                              fingerprint, progress)
+    log.info("token cache hit: %s, %s tokens (%s)", source.describe(), f"{cache.num_tokens:,}",
+             npy_path)
+    return cache
 
-    cache = _load_cache(npy_path, json_path, key)
-    if cache is not None:
-        log.info("token cache hit: %s, %s tokens (%s)", source.describe(),
-                 f"{cache.num_tokens:,}", npy_path)
-        return cache
 
+def _build(source, tokenizer, npy_path: pathlib.Path, json_path: pathlib.Path, key: str,
+           corpus_identity, fingerprint: str, progress: bool) -> TokenCache:
     # A leftover .json of an earlier, damaged build must not vouch for the .npy written next.
     json_path.unlink(missing_ok=True)
     start = time.perf_counter()
     dtype = token_dtype(tokenizer.vocab_size)
-    num_tokens, num_documents = _write_atomically(
-        npy_path, lambda f: _tokenize_into(f, cache_dir, source, tokenizer, dtype, progress))
+    with rundir.atomic_local_file(npy_path) as f:
+        num_tokens, num_documents = _tokenize_into(f, npy_path.parent, source, tokenizer, dtype,
+                                                   progress)
     seconds = time.perf_counter() - start
-
     metadata = {
         "key": key,
         "format": CACHE_FORMAT_VERSION,
@@ -354,7 +377,8 @@ def _local_token_cache(source, tokenizer, cache_dir: pathlib.Path, key: str, cor
         "num_documents": num_documents,
         "build_seconds": round(seconds, 3),
     }
-    _write_atomically(json_path, lambda f: f.write(json.dumps(metadata, indent=2).encode()))
+    with rundir.atomic_local_file(json_path) as f:
+        f.write(json.dumps(metadata, indent=2).encode())
     log.info("tokenized %s: %s documents → %s tokens in %.1f s (%s)", source.describe(),
              f"{num_documents:,}", f"{num_tokens:,}", seconds, npy_path)
     return TokenCache(np.load(npy_path, mmap_mode="r"), npy_path, metadata)
@@ -376,24 +400,6 @@ def _load_cache(npy_path: pathlib.Path, json_path: pathlib.Path, key: str) -> To
         log.warning("ignoring inconsistent token cache %s", npy_path)
         return None
     return TokenCache(tokens, npy_path, metadata)
-
-
-def _write_atomically(path: pathlib.Path, write_fn):
-    """Runs write_fn(binary file) on a temporary file beside `path`, then renames it into place.
-
-    On any exception the temporary file is removed and `path` is left untouched.
-    """
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            result = write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return result
 
 
 def _tokenize_into(npy_file, scratch_dir: pathlib.Path, source: CorpusSource,
