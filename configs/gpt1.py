@@ -93,6 +93,23 @@ def get_config() -> ml_collections.ConfigDict:
         async_save=True,
     ))
 
+    # Optional: Weights & Biases beside TensorBoard (pip install ".[wandb]"), process 0 only.
+    config.tracking = ml_collections.ConfigDict(dict(
+        wandb=False,
+        wandb_project="gpt1-jax",
+        wandb_entity="",
+        wandb_mode="",             # "online", "offline", "disabled"; "" = WANDB_MODE or online
+    ))
+
+    # Optional, pre-training: lm-evaluation-harness tasks at every evaluation
+    # (train.eval_every_steps), logged as val_harness/<task>/<metric> (pip install ".[harness]").
+    config.harness = ml_collections.ConfigDict(dict(
+        tasks="",                  # comma-separated harness task names; "" = off
+        limit=0.0,                 # at most this many documents per task (< 1: a fraction; 0: all)
+        batch_size=32,
+        include_path="",           # comma-separated folders of more task YAMLs
+    ))
+
     config.distributed = ml_collections.ConfigDict(dict(
         initialize=False,          # call jax.distributed.initialize (auto-detects TPU pods, SLURM)
         coordinator_address="",    # explicit "host:port" for other clusters

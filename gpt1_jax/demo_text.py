@@ -5,13 +5,9 @@
 
 The pre-training job calls this at its end, prints both and stores them in summary.json,
 so a run shows what its loss means in words. Both are reproducible: greedy has no
-randomness and the sampled one draws from a fixed seed.
+randomness and the sampled one draws from a fixed seed. The decoding and the prompt's
+checks are `generate.continue_texts`'.
 """
-from collections.abc import Sequence
-from typing import Protocol
-
-import jax
-
 from gpt1_jax import generate as generate_lib
 from gpt1_jax import model as model_lib
 
@@ -21,43 +17,16 @@ DEFAULT_PROMPT = "It was a dark and stormy night, and"
 SAMPLED = generate_lib.Sampling(temperature=0.8, top_k=40)
 
 
-class TextTokenizer(Protocol):
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: Sequence[int]) -> str: ...
-
-
-def continuations(config: model_lib.ModelConfig, params, tokenizer: TextTokenizer,
-                  prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 96,
-                  seed: int = 0) -> dict[str, str]:
+def continuations(config: model_lib.ModelConfig, params, tokenizer, prompt: str = DEFAULT_PROMPT,
+                  max_new_tokens: int = 96, seed: int = 0, name: str = "the prompt") -> dict[str, str]:
     """{"greedy": text, "sampled": text}: what follows `prompt`, without the prompt.
 
     At most `max_new_tokens` tokens each, fewer if the prompt and they would overflow the
-    context (n_ctx). "sampled" draws with `SAMPLED` from `jax.random.key(seed)`.
+    context (n_ctx). "sampled" draws with `SAMPLED` from `jax.random.key(seed)`. A prompt
+    that does not fit is a ConfigError naming `name`.
     """
-    prompt_ids = tokenizer.encode(prompt)
-    room = config.n_ctx - len(prompt_ids)
-    if not prompt_ids or room < 1:
-        raise ValueError(f"the prompt {prompt!r} has {len(prompt_ids)} tokens; it needs at least "
-                         f"one and fewer than the context of {config.n_ctx}")
-    max_new_tokens = min(max_new_tokens, room)
-    greedy = generate_lib.generate(config, params, [prompt_ids], max_new_tokens,
-                                   generate_lib.GREEDY)[0]
-    sampled = generate_lib.generate(config, params, [prompt_ids], max_new_tokens, SAMPLED,
-                                    jax.random.key(seed))[0]
-    return {"greedy": continuation_text(tokenizer, prompt_ids, greedy),
-            "sampled": continuation_text(tokenizer, prompt_ids, sampled)}
-
-
-def continuation_text(tokenizer: TextTokenizer, prompt_ids: Sequence[int],
-                      new_ids: Sequence[int]) -> str:
-    """The text `new_ids` add after the prompt.
-
-    Decoded together with the prompt and then cut, because a tokenizer may render a piece
-    differently at the start of a text (sentencepiece drops a leading space).
-    """
-    prompt_text = tokenizer.decode(list(prompt_ids))
-    full_text = tokenizer.decode(list(prompt_ids) + list(new_ids))
-    if full_text.startswith(prompt_text):
-        return full_text[len(prompt_text):]
-    return tokenizer.decode(list(new_ids))
+    def one(sampling):
+        [text] = generate_lib.continue_texts(config, params, tokenizer, [prompt], max_new_tokens, sampling,
+                                             seed, name=name)
+        return text
+    return {"greedy": one(generate_lib.GREEDY), "sampled": one(SAMPLED)}

@@ -18,7 +18,6 @@ the cached decoder must agree with, and the baseline of `bench_generate.py`.
 """
 import dataclasses
 import functools
-import sys
 from collections.abc import Sequence
 
 import jax
@@ -201,27 +200,55 @@ def generate(config: model_lib.ModelConfig, params, prompts: Sequence[Sequence[i
     return [row[:n].tolist() for row, n in zip(new_BxN, num_new_B)]
 
 
-def sample_text(loaded, prompts: Sequence[str], max_new_tokens: int,
-           sampling: Sampling, seed: int = 0, num_samples: int = 1,
-           stop_token: int = -1) -> list[str]:
-    """`num_samples` continuations of each prompt by `loaded` (a loading.LoadedModel), as
-    decoded text (prompt included), in prompt-major order. A prompt too long for the context
-    loses its first tokens."""
-    cfg, tokenizer = loaded.config, loaded.tokenizer
-    if tokenizer is None:
+def encode_prompt(tokenizer, prompt: str, n_ctx: int, name: str = "the prompt") -> list[int]:
+    """The prompt's token ids under the one prompt policy: a prompt is kept whole, so it
+    needs at least one token (GPT-1 has no start-of-text token) and must leave room for a
+    new one in the context. Anything else is the user's to fix (`name` says which setting)."""
+    if not prompt:
+        raise ConfigError(f"{name} is empty; GPT-1 needs at least one token to start from")
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise ConfigError(f"{name} {prompt!r} has no tokens; GPT-1 needs at least one to start from")
+    if len(ids) >= n_ctx:
+        raise ConfigError(f"{name} has {len(ids)} tokens, leaving no room for a new one in the context "
+                          f"of {n_ctx}; shorten it")
+    return ids
+
+
+def continue_texts(config: model_lib.ModelConfig, params, tokenizer, prompts: Sequence[str],
+                   max_new_tokens: int, sampling: Sampling = GREEDY, seed: int = 0, num_samples: int = 1,
+                   stop_token: int | None = None, name: str = "the prompt") -> list[str]:
+    """The text that follows each prompt, without the prompt: `num_samples` continuations of
+    each, in prompt-major order, drawn from `jax.random.key(seed)`. At most `max_new_tokens`
+    tokens each, fewer where the longest prompt leaves less room in the context."""
+    prompts_ids = [encode_prompt(tokenizer, prompt, config.n_ctx, name) for prompt in prompts]
+    room = config.n_ctx - max(len(ids) for ids in prompts_ids)
+    rows = [ids for ids in prompts_ids for _ in range(num_samples)]
+    new_ids = generate(config, params, rows, min(max_new_tokens, room), sampling, jax.random.key(seed),
+                       stop_token=stop_token)
+    return [continuation_text(tokenizer, ids, new) for ids, new in zip(rows, new_ids)]
+
+
+def continuation_text(tokenizer, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
+    """The text `new_ids` add after the prompt.
+
+    Decoded together with the prompt and then cut, because a tokenizer may render a piece
+    differently at the start of a text (sentencepiece drops a leading space).
+    """
+    prompt_text = tokenizer.decode(list(prompt_ids))
+    full_text = tokenizer.decode(list(prompt_ids) + list(new_ids))
+    if full_text.startswith(prompt_text):
+        return full_text[len(prompt_text):]
+    return tokenizer.decode(list(new_ids))
+
+
+def sample_text(loaded, prompts: Sequence[str], max_new_tokens: int, sampling: Sampling, seed: int = 0,
+                num_samples: int = 1, stop_token: int = -1) -> list[str]:
+    """`continue_texts` by `loaded` (a loading.LoadedModel), each after its prompt as the
+    tokenizer writes it (the GPT-1 BPE lower-cases). `stop_token` -1: none."""
+    if loaded.tokenizer is None:
         raise ConfigError("the model records no tokenizer: cannot read the prompt")
-    max_new_tokens = min(max_new_tokens, cfg.n_ctx - 1)
-    room = cfg.n_ctx - max_new_tokens
-    prompts_ids = []
-    for prompt in prompts:
-        ids = tokenizer.encode(prompt)
-        if not ids:
-            raise ConfigError(f"prompt {prompt!r} has no tokens; GPT-1 needs at least one to start from")
-        if len(ids) > room:
-            print(f"prompt of {len(ids)} tokens cut to its last {room} to leave room for "
-                  f"{max_new_tokens} new ones in the context of {cfg.n_ctx}", file=sys.stderr)
-            ids = ids[-room:]
-        prompts_ids.extend([ids] * num_samples)
-    new_ids = generate(cfg, loaded.params, prompts_ids, max_new_tokens, sampling,
-                                    jax.random.key(seed), stop_token=None if stop_token < 0 else stop_token)
-    return [tokenizer.decode(list(prompt) + new) for prompt, new in zip(prompts_ids, new_ids)]
+    texts = continue_texts(loaded.config, loaded.params, loaded.tokenizer, prompts, max_new_tokens, sampling,
+                           seed, num_samples, None if stop_token < 0 else stop_token)
+    tokenizer = loaded.tokenizer
+    return [tokenizer.decode(tokenizer.encode(prompts[i // num_samples])) + text for i, text in enumerate(texts)]

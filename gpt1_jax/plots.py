@@ -5,6 +5,7 @@
 
 The renderers return bytes, so the caller decides where they go (a local file, gs://
 through the run directory); `write_training_curves` writes them to a path or file object.
+`png_bytes` is the one PNG writer, for any other figure (`zero_shot`'s) too.
 Rows are dicts with a `step` and any of `loss`, `val_loss`, `lr` and task metrics; a key
 a row lacks, or a value that is not a finite number (metrics.jsonl writes NaN as "nan"),
 is simply not drawn.
@@ -29,17 +30,20 @@ def _series(rows: Iterable[dict], key: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in points], [v for _, v in points]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot, drawing into memory (no display needed)."""
     import matplotlib
-    matplotlib.use("Agg")  # no display: render to memory
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
-def _png_bytes(fig, plt) -> bytes:
+def png_bytes(fig, dpi: int = DPI) -> bytes:
+    """The project's one PNG writer: `fig` as PNG bytes (to `rundir.write_bytes` anywhere,
+    local or gs://); the figure is closed."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=dpi)
+    pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -48,7 +52,7 @@ def render_training_curves(rows: Sequence[dict], reference: dict | None = None,
     """PNG of train and validation loss (nats per token) against the step, the reference
     levels (`reference_levels`' dict; dashed, labelled with their value) and the learning
     rate on a second y axis."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(WIDTH_IN, HEIGHT_IN))
     train_x, train_y = _series(rows, "loss")
     val_x, val_y = _series(rows, "val_loss")
@@ -96,7 +100,7 @@ def render_training_curves(rows: Sequence[dict], reference: dict | None = None,
         ax.legend(handles, labels, loc="upper right", fontsize=11, framealpha=0.9)
     ax.set_title(title, fontsize=14)
     fig.tight_layout()
-    return _png_bytes(fig, plt)
+    return png_bytes(fig)
 
 
 def write_training_curves(rows: Sequence[dict], reference: dict | None, path_or_file,
@@ -114,7 +118,7 @@ def render_finetune_curves(rows: Sequence[dict], metric_names: Sequence[str],
                            loss_names: Sequence[str] = ("loss",),
                            title: str = "Fine-tuning") -> bytes:
     """PNG of the losses (left axis) and the task metrics (right axis) against the step."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(WIDTH_IN, HEIGHT_IN))
     loss_colors = ["tab:blue", "tab:cyan", "tab:olive", "tab:brown"]
     for i, name in enumerate(loss_names):
@@ -142,4 +146,4 @@ def render_finetune_curves(rows: Sequence[dict], metric_names: Sequence[str],
         ax.legend(handles, labels, loc="center right", fontsize=11, framealpha=0.9)
     ax.set_title(title, fontsize=14)
     fig.tight_layout()
-    return _png_bytes(fig, plt)
+    return png_bytes(fig)

@@ -1,12 +1,13 @@
 """The config, read once at the edge: ml_collections values -> the plain, validated
 dataclasses and values the library takes. Nothing below this module sees a ConfigDict.
 """
-import os
-
+import jax
 import ml_collections
 
-from gpt1_jax import assets, optim, rundir, trainer
+from gpt1_jax import assets, optim, reporting, rundir
+from gpt1_jax import loop as loop_lib
 from gpt1_jax import model as model_lib
+from gpt1_jax import run_setup as run_setup_lib
 from gpt1_jax.data import corpus as corpus_lib
 from gpt1_jax.errors import ConfigError
 
@@ -37,9 +38,9 @@ def optimizer_config(config: ml_collections.ConfigDict, total_steps: int,
     return optim.OptimizerConfig(total_steps=total_steps, **fields)
 
 
-def loop_config(config: ml_collections.ConfigDict, num_steps: int, **throughput) -> trainer.LoopConfig:
+def loop_config(config: ml_collections.ConfigDict, num_steps: int, **throughput) -> loop_lib.LoopConfig:
     """The training loop's settings from `config.train` and `config.checkpoint`."""
-    return trainer.LoopConfig(
+    return loop_lib.LoopConfig(
         num_steps=num_steps, stop_at_step=config.train.stop_at_step,
         log_every_steps=config.train.log_every_steps, eval_every_steps=config.train.eval_every_steps,
         checkpoint_every_steps=config.checkpoint.every_steps,
@@ -49,12 +50,38 @@ def loop_config(config: ml_collections.ConfigDict, num_steps: int, **throughput)
         **throughput)
 
 
-def run_setup(config: ml_collections.ConfigDict) -> trainer.RunSetup:
-    """What `trainer.setup_run` needs from the config besides the model and optimizer."""
-    return trainer.RunSetup(
+def run_setup(config: ml_collections.ConfigDict) -> run_setup_lib.RunSetup:
+    """What `run_setup.setup_run` (and `plan_run`) need from the config besides the model and optimizer."""
+    return run_setup_lib.RunSetup(
         mesh=dict(config.mesh), rules=sharding_rules(config), batch_size=config.train.batch_size,
         microbatches=config.train.microbatches, seed=config.seed,
         max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save)
+
+
+def metrics_writer(config: ml_collections.ConfigDict, workdir, resume_step: int | None) -> reporting.MetricsWriter:
+    """metrics.jsonl and TensorBoard, and W&B when `tracking.wandb` asks for it."""
+    from gpt1_jax import tracking
+    t = config.get("tracking") or ml_collections.ConfigDict(dict(wandb=False))
+    tracker = tracking.from_settings(workdir, t.wandb, config, t.get("wandb_project", "gpt1-jax"),
+                                     t.get("wandb_entity", ""), t.get("wandb_mode", "")) if t.wandb else None
+    return reporting.MetricsWriter(workdir, resume_step=resume_step, tracker=tracker)
+
+
+def harness_evaluator(config: ml_collections.ConfigDict, model_config, tokenizer):
+    """params -> {"harness/<task>/<metric>": value} for `harness.tasks`, or None when none are set."""
+    h = config.get("harness")
+    if h is None or not h.tasks.strip():
+        return None
+    if jax.process_count() > 1:
+        raise ConfigError("harness.tasks: harness evaluation during training runs in one process only; "
+                          "evaluate the run's checkpoints with `python -m gpt1_jax.cli.harness` instead")
+    try:
+        from gpt1_jax.harness import evaluate as harness_lib
+    except ImportError as e:
+        raise ConfigError(f"harness.tasks needs lm-eval: pip install \".[harness]\" ({e})") from e
+    split = lambda text: [part.strip() for part in text.split(",") if part.strip()]
+    return harness_lib.PretrainingEvaluator(model_config, tokenizer, split(h.tasks), limit=h.limit or None,
+                                            batch_size=h.batch_size, include_paths=split(h.include_path))
 
 
 def corpus_source(config: ml_collections.ConfigDict):
@@ -70,8 +97,13 @@ def corpus_source(config: ml_collections.ConfigDict):
     return corpus_lib.TextFilesCorpus(paths, unwrap=data.unwrap_lines)
 
 
-def cache_dir(config: ml_collections.ConfigDict):
-    """Where token caches live: data.cache_dir (local or gs://), else $GPT1_JAX_CACHE/tokens."""
+def cache_dir(config: ml_collections.ConfigDict, workdir=None):
+    """Where token caches live: data.cache_dir (local or gs://); else, for a job of several
+    processes, `<workdir>/token_cache/` (every host reads the one process 0 built); else
+    the local `$GPT1_JAX_CACHE/tokens` (~/.cache/gpt1_jax/tokens)."""
+    import jax
     if config.data.cache_dir:
         return rundir.path(config.data.cache_dir)
-    return rundir.path(os.environ.get("GPT1_JAX_CACHE", "~/.cache/gpt1_jax")) / "tokens"
+    if workdir is not None and jax.process_count() > 1:
+        return rundir.path(workdir) / rundir.TOKEN_CACHE
+    return rundir.cache_root() / "tokens"

@@ -15,7 +15,7 @@ import jax
 import pytest
 from jax.sharding import PartitionSpec
 
-from gpt1_jax import config_files, optim, settings, trainer
+from gpt1_jax import config_files, optim, settings, train_state
 from gpt1_jax import model as model_lib
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax.tools import aot
@@ -38,7 +38,7 @@ def config(name="gpt1.py", **model):
 
 def run_aot(*args):
     env = {**os.environ, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
-    return subprocess.run([sys.executable, "-m", "gpt1_jax.aot", *args], cwd=REPO, env=env, check=False,
+    return subprocess.run([sys.executable, "-m", "gpt1_jax.cli.aot", *args], cwd=REPO, env=env, check=False,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -152,8 +152,8 @@ def test_compiled_parameter_shardings_are_the_jobs():
     tx = optim.make_optimizer(optim.OptimizerConfig(total_steps=1, **cfg.optimizer))
     mesh = sharding_lib.make_mesh(dict(cfg.mesh), jax.devices("cpu")[:8])
     rules = settings.sharding_rules(cfg)
-    _, job = trainer.state_shardings(model_lib.init_params_fn(model_lib.GPT1(mcfg), mcfg.n_ctx), tx,
-                                     jax.random.key(0), mesh, rules)
+    _, job = train_state.state_shardings(model_lib.init_params_fn(model_lib.GPT1(mcfg), mcfg.n_ctx), tx,
+                                         jax.random.key(0), mesh, rules)
     compiled_specs = jax.tree_util.tree_map(lambda s: _normalized(s.spec), compiled_state.params)
     job_specs = jax.tree_util.tree_map(lambda s: _normalized(s.spec), job.params)
     assert compiled_specs == job_specs
@@ -166,7 +166,7 @@ def test_the_cpu_compiler_options_go_only_to_cpu_devices():
     backend: an ahead-of-time TPU compile from a CPU machine gets none of XLA:CPU's."""
     def options(devices):
         mesh = sharding_lib.make_mesh({"data": len(devices), "fsdp": 1, "tensor": 1}, devices)
-        return trainer.train_step_compiler_options(
+        return train_state.train_step_compiler_options(
             sharding_lib.batch_sharding(mesh, sharding_lib.DEFAULT_RULES))
     assert jax.default_backend() == "cpu"
     assert options(jax.devices("cpu")[:1]) == {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}

@@ -1,13 +1,18 @@
 """The KV-cached decoder: same logits and tokens as recomputing everything, batched rows
-independent of their neighbours, sampling filters that keep what they promise."""
+independent of their neighbours, sampling filters that keep what they promise; the one
+prompt policy of every text it writes."""
+import types
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gpt1_jax import demo_text
 from gpt1_jax import generate as generate_lib
 from gpt1_jax import model as model_lib
+from gpt1_jax.errors import UserError
 
 # A large init spread, so that greedy decoding does not just repeat one token.
 CFG = model_lib.ModelConfig(vocab_size=97, n_ctx=32, n_layer=2, n_head=4, d_model=32, d_ff=128,
@@ -115,3 +120,30 @@ def test_rejects_what_does_not_fit(params):
         generate_lib.generate(CFG, params, [[1]], 4, generate_lib.Sampling(top_p=0.0))
     with pytest.raises(ValueError, match="outside"):
         generate_lib.generate(CFG, params, [[CFG.vocab_size]], 4)
+
+
+class _LetterTokenizer:
+    """A letter per token; spaces are no token at all."""
+
+    def encode(self, text):
+        return [ord(c) % CFG.vocab_size for c in text if not c.isspace()]
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+@pytest.mark.parametrize("prompt, says", [("", "is empty"), ("   ", "has no tokens"),
+                                          ("x" * CFG.n_ctx, "32 tokens, leaving no room")])
+def test_every_text_decoder_refuses_a_prompt_that_cannot_be_kept_whole_as_a_user_error(params, prompt, says):
+    # The job's end-of-run text, the sample command's and the library's share one policy,
+    # and a bad prompt is the user's to fix: one `error:` line naming the setting.
+    tokenizer = _LetterTokenizer()
+    loaded = types.SimpleNamespace(config=CFG, params=params, tokenizer=tokenizer)
+    decoders = [lambda: generate_lib.continue_texts(CFG, params, tokenizer, [prompt], 4, name="train.sample_prompt"),
+                lambda: demo_text.continuations(CFG, params, tokenizer, prompt, 4, name="train.sample_prompt"),
+                lambda: generate_lib.sample_text(loaded, ["ok", prompt], 4, generate_lib.GREEDY)]
+    for decode in decoders:
+        with pytest.raises(UserError, match=says):
+            decode()
+    with pytest.raises(UserError, match="^train.sample_prompt "):
+        decoders[0]()

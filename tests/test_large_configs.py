@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from gpt1_jax import config_files, optim, settings, trainer
+from gpt1_jax import config_files, optim, settings, train_state
 from gpt1_jax import model as model_lib
 from gpt1_jax import sharding as sharding_lib
 
@@ -59,8 +59,8 @@ def test_state_shards_over_data_fsdp_tensor_as_the_rules_say(name, n_layer, d_mo
     model = model_lib.GPT1(mcfg)
     tx = optim.make_optimizer(settings.optimizer_config(config, total_steps=1000))
     mesh = sharding_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices()[:8])
-    abstract, shardings = trainer.state_shardings(model_lib.init_params_fn(model, mcfg.n_ctx), tx,
-                                                  jax.random.key(0), mesh, settings.sharding_rules(config))
+    abstract, shardings = train_state.state_shardings(model_lib.init_params_fn(model, mcfg.n_ctx), tx,
+                                                      jax.random.key(0), mesh, settings.sharding_rules(config))
 
     num_params = model_lib.count_params(abstract.params)
     assert abs(num_params / approx_params - 1) < 0.01, num_params

@@ -105,3 +105,12 @@ def test_an_unknown_config_key_is_an_error_naming_it(corpus, tmp_path):
     result = run_job(corpus, tmp_path, "--config.train.num_stepz=3", expect_ok=False)
     assert result.returncode != 0 and "num_stepz" in result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_sample_prompt_that_leaves_no_room_is_an_error_line_before_any_training(corpus, tmp_path):
+    # 16 positions: a prompt of 20 words cannot be continued. Said at the start, not after the run.
+    result = run_job(corpus, tmp_path, "--config.train.sample_prompt=" + "the house " * 10, expect_ok=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "train.sample_prompt" in line and "shorten it" in line
+    assert not (tmp_path / "checkpoints").exists()

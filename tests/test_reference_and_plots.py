@@ -14,6 +14,7 @@ from gpt1_jax import demo_text, plots
 from gpt1_jax import generate as generate_lib
 from gpt1_jax import model as model_lib
 from gpt1_jax.data import reference
+from gpt1_jax.errors import UserError
 
 VOCAB = 6  # token 5 never occurs in training: the smoothing must still give it a finite loss
 TRAIN = [0, 1, 2, 0, 1, 3, 0, 1, 2, 4, 0, 2, 1, 0, 1, 2, 3, 3, 0, 1, 4, 2, 0, 1, 2, 0]
@@ -104,6 +105,15 @@ def test_finetune_curves_render_and_an_empty_history_still_draws():
     _decode_png(plots.render_training_curves([], None))
 
 
+def test_the_one_png_writer_takes_any_figure_at_its_resolution_and_closes_it():
+    plt = plots.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([0, 1, 2], [2, 0, 1])
+    image = _decode_png(plots.png_bytes(fig, dpi=120))
+    assert image.shape[:2] == (4 * 120, 6 * 120)
+    assert not plt.fignum_exists(fig.number)  # a job drawing at every evaluation leaks no figures
+
+
 class CharTokenizer:
     """Bytes below 97 as token ids, enough to round-trip an ASCII prompt."""
 
@@ -144,7 +154,7 @@ def test_continuations_are_reproducible_and_greedy_is_temperature_zero(params):
 def test_continuations_fit_the_context(params):
     texts = demo_text.continuations(CFG, params, CharTokenizer(), "x" * 30, max_new_tokens=50)
     assert len(texts["greedy"]) == 2  # 32 positions - 30 prompt tokens
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="no room"):
         demo_text.continuations(CFG, params, CharTokenizer(), "x" * 32)
 
 

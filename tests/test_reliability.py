@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jobs
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import config_files, stopping, tokenizers, trainer
+from gpt1_jax import config_files, loop, stopping, tokenizers, train_state
 from gpt1_jax import workdir as workdir_lib
 
 # One schedule for every job (its length is compiled into the train step); runs stop earlier.
@@ -161,14 +161,19 @@ def _tiny_regression(kinds):
         kind = batch["kind"][0]
         return mse * jnp.where(kind == 2, jnp.inf, 1.0) + jnp.where(kind == 1, jnp.nan, 0.0), {}
 
-    _, shardings = trainer.state_shardings(init_params, tx, jax.random.key(0), mesh, ())
+    _, shardings = train_state.state_shardings(init_params, tx, jax.random.key(0), mesh, ())
     replicated = NamedSharding(mesh, PartitionSpec())
-    step = trainer.make_train_step(loss_fn, tx, lambda s: 0.1, shardings, replicated)
-    state = trainer.create_train_state(init_params, tx, jax.random.key(0), shardings)
+    step = train_state.make_train_step(loss_fn, tx, lambda s: 0.1, shardings, replicated)
+    state = train_state.create_train_state(init_params, tx, jax.random.key(0), shardings)
     rng = np.random.RandomState(0)
     batches = [{"x": rng.randn(4, 3).astype(np.float32), "y": rng.randn(4).astype(np.float32),
                 "kind": np.full((4,), k, np.int32)} for k in kinds]
     return state, step, batches, shardings
+
+
+def _run(state, train_step, checkpointer):
+    """What the loop reads of a run_setup.Run."""
+    return types.SimpleNamespace(state=state, train_step=train_step, checkpointer=checkpointer)
 
 
 def test_a_second_signal_during_the_checkpoint_write_does_not_interrupt_it(capfd):
@@ -187,9 +192,8 @@ def test_a_second_signal_during_the_checkpoint_write_does_not_interrupt_it(capfd
     preempt_at_3 = lambda i: i == 3 and os.kill(os.getpid(), signal.SIGTERM)
     checkpointer = Checkpointer()
     previous = signal.getsignal(signal.SIGINT)
-    state, _ = trainer.train_loop(state, step_fn, _Batches(batches, preempt_at_3), lambda b: b,
-                                  trainer.LoopConfig(num_steps=10, progress=False), _Writer(),
-                                  checkpointer, {})
+    state, _ = loop.train_loop(_run(state, step_fn, checkpointer), _Batches(batches, preempt_at_3),
+                               lambda b: b, loop.LoopConfig(num_steps=10, progress=False), _Writer(), {})
     assert int(state.step) == 3 and checkpointer.committed == [3]
     err = capfd.readouterr().err
     assert "SIGINT: already stopping after SIGTERM" in err and "SIGTERM: checkpointed step 3" in err
@@ -212,11 +216,11 @@ def test_a_signal_before_the_loop_is_kept_and_stops_it_at_its_first_step(capfd):
     # is kept, and the loop checkpoints its first step and stops.
     state, step_fn, batches, _ = _tiny_regression([0] * 10)
     checkpointer = _RecordingCheckpointer()
-    cfg = trainer.LoopConfig(num_steps=10, progress=False, checkpoint_every_steps=1000)
+    cfg = loop.LoopConfig(num_steps=10, progress=False, checkpoint_every_steps=1000)
     with stopping.StopRequested(grace_period_secs=0) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
-        state, _ = trainer.train_loop(state, step_fn, _Batches(batches), lambda b: b, cfg, _Writer(),
-                                      checkpointer, {}, stop_requested=stop)
+        state, _ = loop.train_loop(_run(state, step_fn, checkpointer), _Batches(batches), lambda b: b, cfg,
+                                   _Writer(), {}, stop_requested=stop)
     assert int(state.step) == 1 and checkpointer.saved == [1]
     assert "SIGTERM: checkpointed step 1, exiting" in capfd.readouterr().err
 
@@ -224,14 +228,14 @@ def test_a_signal_before_the_loop_is_kept_and_stops_it_at_its_first_step(capfd):
 def test_checkpoint_every_secs_saves_by_time_at_log_steps(monkeypatch):
     state, step_fn, batches, _ = _tiny_regression([0] * 9)
     now = [0.0]  # the loop's clock: each batch takes 7 s
-    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(
         monotonic=lambda: now[0], perf_counter=time.perf_counter, time=time.time))
     advance = lambda i: now.__setitem__(0, now[0] + 7.0)
     checkpointer = _RecordingCheckpointer()
-    cfg = trainer.LoopConfig(num_steps=9, progress=False, checkpoint_every_steps=1000,
+    cfg = loop.LoopConfig(num_steps=9, progress=False, checkpoint_every_steps=1000,
                              checkpoint_every_secs=20.0, log_every_steps=3)
-    trainer.train_loop(state, step_fn, _Batches(batches, advance), lambda b: b, cfg, _Writer(),
-                       checkpointer, {})
+    loop.train_loop(_run(state, step_fn, checkpointer), _Batches(batches, advance), lambda b: b, cfg,
+                    _Writer(), {})
     # Due by time at every log step (3, 6), never between them; the last step always.
     assert checkpointer.saved == [3, 6, 9]
 
@@ -307,11 +311,10 @@ def test_nonfinite_steps_are_skipped_counted_and_n_in_a_row_stop_the_loop(tmp_pa
     state, step_fn, batches, _ = _tiny_regression(kinds)
     writer = _Writer()
     checkpointer = checkpoint_lib.Checkpointer(tmp_path)
-    cfg = trainer.LoopConfig(num_steps=10, log_every_steps=1, checkpoint_every_steps=2,
+    cfg = loop.LoopConfig(num_steps=10, log_every_steps=1, checkpoint_every_steps=2,
                              max_nonfinite_in_a_row=3, progress=False)
-    with pytest.raises(trainer.NonFiniteError) as error:
-        trainer.train_loop(state, step_fn, _Batches(batches), lambda b: b, cfg, writer,
-                           checkpointer, {})
+    with pytest.raises(loop.NonFiniteError) as error:
+        loop.train_loop(_run(state, step_fn, checkpointer), _Batches(batches), lambda b: b, cfg, writer, {})
     checkpointer.close()
     assert "3 consecutive steps (up to step 10)" in str(error.value)
     assert "The last good checkpoint, step 8, is intact" in str(error.value)
@@ -321,7 +324,7 @@ def test_nonfinite_steps_are_skipped_counted_and_n_in_a_row_stop_the_loop(tmp_pa
     # Step 8 was skipped, so its checkpoint holds the parameters of the last update (step 7).
     restored = checkpoint_lib.Checkpointer(tmp_path)
     assert restored.all_steps() == [4, 6, 8]  # max_to_keep=3; nothing after the stop
-    state8, _, _ = restored.restore(8, trainer.with_shardings(abstract, shardings))
+    state8, _, _ = restored.restore(8, train_state.with_shardings(abstract, shardings))
     restored.close()
     np.testing.assert_array_equal(np.asarray(state8.params["w"]), expected_params)
 

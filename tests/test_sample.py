@@ -13,6 +13,7 @@ import jobs
 from gpt1_jax import convert, loading, tokenizers
 from gpt1_jax import generate as generate_lib
 from gpt1_jax import model as model_lib
+from gpt1_jax.errors import UserError
 
 CFG = model_lib.ModelConfig(vocab_size=40478, n_ctx=24, n_layer=1, n_head=2, d_model=32, d_ff=64,
                             init_std=0.3)
@@ -39,15 +40,20 @@ def test_greedy_sample_is_the_prompt_and_the_generated_tokens(workdir):
     assert texts[2].startswith("emma")
 
 
-def test_a_long_prompt_keeps_its_end(workdir, capsys):
+def test_a_long_prompt_is_kept_whole_with_fewer_new_tokens_and_one_too_long_is_refused(workdir):
     loaded = convert.read_orbax(workdir)
-    text = generate_lib.sample_text(loaded, ["one two three " * 10 + "END"], 4, generate_lib.GREEDY)[0]
-    assert text.split()[:20] == (["one", "two", "three"] * 10 + ["end"])[-20:]
-    assert "cut to its last 20" in capsys.readouterr().err
+    prompt = "one two three " * 6 + "END"
+    ids = loaded.tokenizer.encode(prompt)
+    assert len(ids) + 8 > CFG.n_ctx  # 8 new tokens would overflow the context
+    text = generate_lib.sample_text(loaded, [prompt], 8, generate_lib.GREEDY)[0]
+    new = generate_lib.generate(loaded.config, loaded.params, [ids], CFG.n_ctx - len(ids))[0]
+    assert text == loaded.tokenizer.decode(ids + new) and text.startswith("one two three")
+    with pytest.raises(UserError, match="shorten it"):
+        generate_lib.sample_text(loaded, ["one two three " * 10], 4, generate_lib.GREEDY)
 
 
 def test_command_line(workdir):
-    done = jobs.run([sys.executable, "-m", "gpt1_jax.sample", f"--workdir={workdir}",
+    done = jobs.run([sys.executable, "-m", "gpt1_jax.cli.sample", f"--init_from={workdir}",
                      "--prompt=Hello there", "--max_new_tokens=5", "--top_k=5",
                      "--temperature=0.7", "--num_samples=2"], timeout=120)
     lines = done.stdout.splitlines()
@@ -63,6 +69,6 @@ def test_generation_benchmark_decodes_the_same_tokens_with_and_without_the_cache
     with pytest.raises(ValueError, match="exceeds the model's context of 24"):
         bench_generate.benchmark(loading.load(workdir), 1, prompt_tokens=16, new_tokens=16, repeats=1)
     # The documented command prints the result as one JSON object.
-    done = jobs.run([sys.executable, "-m", "gpt1_jax.bench_generate", f"--workdir={workdir}",
+    done = jobs.run([sys.executable, "-m", "gpt1_jax.cli.bench_generate", f"--init_from={workdir}",
                      "--prompt_tokens=4", "--new_tokens=4", "--repeats=1"], timeout=120)
     assert json.loads(done.stdout.strip().splitlines()[-1])["same_tokens"]

@@ -5,7 +5,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from gpt1_jax import model as model_lib
-from gpt1_jax import optim, trainer
+from gpt1_jax import optim, train_state
 from gpt1_jax import sharding as sharding_lib
 
 CFG = model_lib.ModelConfig(vocab_size=98, n_ctx=16, n_layer=2, n_head=4, d_model=32, d_ff=64)
@@ -42,11 +42,11 @@ def _train(devices, mesh_sizes, steps=3):
     tx = optim.make_optimizer(ocfg)
     init = model_lib.init_params_fn(model, CFG.n_ctx)
     rng = jax.random.key(0)
-    _, shardings = trainer.state_shardings(init, tx, rng, mesh, rules)
-    state = trainer.create_train_state(init, tx, rng, shardings)
+    _, shardings = train_state.state_shardings(init, tx, rng, mesh, rules)
+    state = train_state.create_train_state(init, tx, rng, shardings)
     batch_shard = sharding_lib.batch_sharding(mesh, rules)
-    step = trainer.make_train_step(model_lib.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg),
-                                   shardings, batch_shard)
+    step = train_state.make_train_step(model_lib.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg),
+                                       shardings, batch_shard)
     data = np.random.RandomState(0).randint(0, CFG.vocab_size, (steps, 8, CFG.n_ctx + 1)).astype(np.int32)
     losses = []
     for s in range(steps):

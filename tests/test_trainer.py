@@ -1,4 +1,5 @@
-"""Train-step features that must not change results: gradient accumulation, remat, bf16."""
+"""Train-step features that must not change results (gradient accumulation, remat, bf16), and
+the one run setup: the plan of every job and of aot, then the state placed where it says."""
 import dataclasses
 
 import jax
@@ -7,8 +8,9 @@ import numpy as np
 import pytest
 
 from gpt1_jax import model as model_lib
-from gpt1_jax import optim, trainer
+from gpt1_jax import optim, run_setup, train_state
 from gpt1_jax import sharding as sharding_lib
+from gpt1_jax.errors import ConfigError
 
 CFG = model_lib.ModelConfig(vocab_size=64, n_ctx=16, n_layer=2, n_head=2, d_model=32, d_ff=64,
                             embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
@@ -21,10 +23,10 @@ def _step_fn(cfg, microbatches=1):
     ocfg = optim.OptimizerConfig(learning_rate=1e-3, warmup_steps=0, total_steps=10)
     tx = optim.make_optimizer(ocfg)
     init = model_lib.init_params_fn(model, cfg.n_ctx)
-    _, shardings = trainer.state_shardings(init, tx, jax.random.key(0), mesh, rules)
-    state = trainer.create_train_state(init, tx, jax.random.key(0), shardings)
-    step = trainer.make_train_step(model_lib.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg),
-                                   shardings, sharding_lib.batch_sharding(mesh, rules), microbatches)
+    _, shardings = train_state.state_shardings(init, tx, jax.random.key(0), mesh, rules)
+    state = train_state.create_train_state(init, tx, jax.random.key(0), shardings)
+    step = train_state.make_train_step(model_lib.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg),
+                                       shardings, sharding_lib.batch_sharding(mesh, rules), microbatches)
     return state, step
 
 
@@ -77,10 +79,10 @@ def test_remat_lowers_the_memory_of_the_train_step():
     def temp_bytes(remat):
         model = model_lib.GPT1(dataclasses.replace(cfg, remat=remat))
         init = model_lib.init_params_fn(model, cfg.n_ctx)
-        abstract, shardings = trainer.state_shardings(init, tx, jax.random.key(0), mesh, rules)
-        step = trainer.make_train_step(model_lib.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg),
-                                       shardings, batch.sharding)
-        compiled = step.lower(trainer.with_shardings(abstract, shardings), batch).compile()
+        abstract, shardings = train_state.state_shardings(init, tx, jax.random.key(0), mesh, rules)
+        step = train_state.make_train_step(model_lib.lm_loss_fn(model), tx, optim.learning_rate_schedule(ocfg),
+                                           shardings, batch.sharding)
+        compiled = step.lower(train_state.with_shardings(abstract, shardings), batch).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
     none, dots, block = temp_bytes("none"), temp_bytes("dots"), temp_bytes("block")
@@ -120,3 +122,42 @@ def test_a_non_finite_step_is_skipped_and_counted():
     after = jax.device_get(new_state.params)
     np.testing.assert_array_equal(after["h_1"]["mlp"]["c_fc"]["kernel"], before["h_1"]["mlp"]["c_fc"]["kernel"])
     assert float(jax.device_get(new_state.opt_state[1][0].count)) == 0
+
+
+def _plan_inputs():
+    model = model_lib.GPT1(CFG)
+    ocfg = optim.OptimizerConfig(learning_rate=1e-3, warmup_steps=0, total_steps=10)
+    return (model_lib.init_params_fn(model, CFG.n_ctx), model_lib.lm_loss_fn(model), optim.make_optimizer(ocfg),
+            optim.learning_rate_schedule(ocfg))
+
+
+def test_setup_run_is_the_plan_with_its_state_created_where_the_plan_puts_it():
+    settings = run_setup.RunSetup(mesh={"data": 2, "fsdp": 2, "tensor": 2}, rules=sharding_lib.DEFAULT_RULES,
+                                  batch_size=8)
+    plan = run_setup.plan_run(settings, *_plan_inputs())
+    seen = []
+
+    def initial_params(plan):  # e.g. pretrained weights, loaded onto the plan's mesh with its rules
+        seen.append((dict(plan.mesh.shape), plan.rules))
+        return jax.jit(lambda: jax.tree_util.tree_map(jnp.ones_like, plan.abstract.params),
+                       out_shardings=plan.shardings.params)()
+
+    run = run_setup.setup_run(settings, *_plan_inputs(), initial_params=initial_params)
+    assert seen == [({"data": 2, "fsdp": 2, "tensor": 2}, sharding_lib.DEFAULT_RULES)]
+    assert run.checkpointer is None and run.resumed_from is None and int(run.state.step) == 0
+    placed = jax.tree_util.tree_leaves(run.state)
+    abstract = jax.tree_util.tree_leaves(plan.abstract)
+    assert [(x.shape, x.dtype) for x in placed] == [(a.shape, a.dtype) for a in abstract]
+    assert [x.sharding for x in placed] == jax.tree_util.tree_leaves(plan.shardings)
+    assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated for x in placed)
+    assert all(np.all(np.asarray(x) == 1) for x in jax.tree_util.tree_leaves(run.state.params))
+    _, metrics = run.train_step(run.state, jnp.asarray(_batch()))
+    assert np.isfinite(float(metrics["loss"]))
+
+
+def test_a_batch_that_does_not_split_over_the_data_parallel_devices_is_refused_by_the_plan():
+    settings = run_setup.RunSetup(mesh={"data": 4, "fsdp": 2, "tensor": 1}, rules=sharding_lib.DEFAULT_RULES,
+                                  batch_size=12, microbatches=2)
+    with pytest.raises(ConfigError, match=r"train.batch_size=12 .* data-parallel devices \(8\) times "
+                                          r"train.microbatches \(2\)"):
+        run_setup.plan_run(settings, *_plan_inputs())

@@ -16,12 +16,26 @@ import jax.numpy as jnp
 import ml_collections
 
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import evaluate, heads, loading, optim, plots, reporting, rundir, settings, stopping, tokenizers, trainer
+from gpt1_jax import (
+    evaluate,
+    heads,
+    loading,
+    optim,
+    plots,
+    run_setup,
+    rundir,
+    settings,
+    stopping,
+    tokenizers,
+    train_state,
+)
+from gpt1_jax import loop as loop_lib
 from gpt1_jax import model as model_lib
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax.data import task_data as task_data_lib
 from gpt1_jax.data import tasks as tasks_lib
 from gpt1_jax.errors import ConfigError
+from gpt1_jax.jobs import finish
 
 N_SPECIAL = len(tokenizers.SPECIAL_TOKENS)   # start, delimiter, classify
 
@@ -55,16 +69,91 @@ def _sharded_target(init, mesh, rules):
     """The abstract parameters `init(rng)` would make, in their shardings on `mesh`: a
     restore target."""
     boxed = jax.eval_shape(init, jax.random.key(0))
-    return trainer.with_shardings(nn.meta.unbox(boxed), sharding_lib.tree_shardings(boxed, mesh, rules))
+    return train_state.with_shardings(nn.meta.unbox(boxed), sharding_lib.tree_shardings(boxed, mesh, rules))
 
 
 def run(config: ml_collections.ConfigDict, workdir, stop: stopping.StopRequested | None = None) -> dict:
     """Fine-tunes on `config.task` in `workdir`, then evaluates; returns the summary."""
     workdir = rundir.path(workdir)
-    is_main = jax.process_index() == 0
     spec = tasks_lib.get_task(config.task)
+    start = _starting_model(config)
+    mcfg = start.task_config
+    if jax.process_index() == 0:
+        rundir.save_tokenizer(start.tokenizer, workdir / rundir.TOKENIZER)
 
-    # The starting model and its tokenizer.
+    # Data.
+    data = task_data_lib.load_task_data(
+        spec.name, start.tokenizer, mcfg.n_ctx, data_dir=config.data.data_dir, source=config.data.source,
+        max_train_examples=config.data.max_train_examples,
+        max_eval_examples=config.data.max_eval_examples, seed=config.seed,
+        max_len=config.finetune.max_len)
+    n_train, s = len(data.train["label"]), data.train["tokens"].shape[1]
+    batch_size = config.train.batch_size
+    num_steps = config.train.num_steps or max(1, config.train.num_epochs * n_train // batch_size)
+    warmup = config.optimizer.warmup_steps
+    if warmup < 0:  # the paper's 0.2% of training
+        warmup = int(round(0.002 * num_steps))
+
+    # Model, optimizer, run setup (the pretrained weights transplanted into a fresh state).
+    ocfg = settings.optimizer_config(config, num_steps, warmup_steps=warmup)
+    model = heads.task_model(spec, mcfg, config.finetune.clf_pdrop)
+    init_params = _task_init(model, s, data.max_len)
+    run_ = run_setup.setup_run(settings.run_setup(config), init_params,
+                               heads.task_loss_fn(model, config.finetune.lm_coef), optim.make_optimizer(ocfg),
+                               optim.learning_rate_schedule(ocfg), workdir=workdir,
+                               batch_ndims={k: v.ndim for k, v in data.train.items()},
+                               initial_params=_initial_params(config, start, init_params))
+    # Every process iterates over the global batches (task data is small) and hands each
+    # device the rows the batch sharding gives it.
+    batches = task_data_lib.make_batches(data.train, batch_size, config.seed)
+    if run_.data_state is not None:
+        batches.set_state(run_.data_state)
+
+    def to_global(rows: dict) -> dict:
+        return {k: sharding_lib.assemble_batch(lambda r, v=v: v[r], run_.batch_sharding[k], v.shape)
+                for k, v in rows.items()}
+
+    # Loop.
+    pretrained_weights = bool(start.pretrained is not None and config.finetune.load_pretrained_weights)
+    if jax.process_index() == 0:
+        print(f"Fine-tuning on {spec.name}: {n_train:,} examples x {s} sequences of {data.max_len} "
+              f"tokens, {num_steps:,} steps of {batch_size}; init_from={config.init_from or 'random'}"
+              f"{'' if config.finetune.load_pretrained_weights else ' (shape and tokenizer only: random weights)'}")
+    writer = settings.metrics_writer(config, workdir, run_.resumed_from)
+    loop_cfg = settings.loop_config(config, num_steps, tokens_per_step=batch_size * s * data.max_len)
+    save_meta = {"config": config.to_dict(), "model": dataclasses.asdict(mcfg), "task": spec.name,
+                 "num_steps": num_steps, "max_len": data.max_len}
+    started = time.time()
+    try:
+        state, last = loop_lib.train_loop(run_, batches, to_global, loop_cfg, writer, save_meta, stop_requested=stop)
+    finally:
+        writer.close()
+        run_.checkpointer.close()
+
+    # Finish: export, evaluation, curves, summary.
+    values = {"task": spec.name, "num_params": model_lib.count_params(run_.abstract.params),
+              "init_from": config.init_from, "lm_coef": config.finetune.lm_coef,
+              "pretrained_weights": pretrained_weights, "transfer_layers": config.finetune.transfer_layers}
+    summary = finish.finish(workdir, state, last, finish.Ending(
+        num_steps, started, mcfg, start.tokenizer, values, task={"task": spec.name, "max_len": data.max_len},
+        when_finished=lambda params: {"eval": evaluate.evaluate_splits(model, params, data, batch_size, workdir)},
+        curves=lambda values: _curves(writer.rows(), values, spec.name)))
+    if jax.process_index() == 0 and "eval" in summary:
+        print(json.dumps(summary["eval"]))
+    return summary
+
+
+@dataclasses.dataclass
+class _Start:
+    """The model fine-tuning starts from: the pretrained one (`init_from`), or GPT-1's shape."""
+    pretrained: loading.Pretrained | None
+    base_config: model_lib.ModelConfig  # the pretrained model's own
+    task_config: model_lib.ModelConfig  # with the task's special tokens, per layer
+    tokenizer: tokenizers.Tokenizer
+
+
+def _starting_model(config: ml_collections.ConfigDict) -> _Start:
+    """The starting model and its tokenizer, checked against each other."""
     pretrained = loading.find(config.init_from) if config.init_from else None
     if pretrained is not None:
         base_cfg = loading.model_config(pretrained)
@@ -86,94 +175,32 @@ def run(config: ml_collections.ConfigDict, workdir, stop: stopping.StopRequested
             f"init_from {pretrained.path} records vocab_size={mcfg.vocab_size} but its tokenizer "
             f"({pretrained.tokenizer_dir}) has {tokenizer.vocab_size} entries: the checkpoint "
             f"and the tokenizer do not belong together")
-    if is_main:
-        rundir.save_tokenizer(tokenizer, workdir / rundir.TOKENIZER)
+    return _Start(pretrained, base_cfg, mcfg, tokenizer)
 
-    # Data.
-    data = task_data_lib.load_task_data(
-        spec.name, tokenizer, mcfg.n_ctx, data_dir=config.data.data_dir, source=config.data.source,
-        max_train_examples=config.data.max_train_examples,
-        max_eval_examples=config.data.max_eval_examples, seed=config.seed,
-        max_len=config.finetune.max_len)
-    n_train, s = len(data.train["label"]), data.train["tokens"].shape[1]
-    batch_size = config.train.batch_size
-    num_steps = config.train.num_steps or max(1, config.train.num_epochs * n_train // batch_size)
-    warmup = config.optimizer.warmup_steps
-    if warmup < 0:  # the paper's 0.2% of training
-        warmup = int(round(0.002 * num_steps))
 
-    # Model and optimizer.
-    ocfg = settings.optimizer_config(config, num_steps, warmup_steps=warmup)
-    model = heads.task_model(spec, mcfg, config.finetune.clf_pdrop)
-    tx = optim.make_optimizer(ocfg)
-
-    init_params = _task_init(model, s, data.max_len)
-
-    def initial_params(mesh, shardings):
-        if pretrained is None or not config.finetune.load_pretrained_weights:
+def _initial_params(config: ml_collections.ConfigDict, start: _Start, init_params):
+    """`initial_params(plan)` for the run setup: fresh task params with the pretrained
+    transformer transplanted in, or None (a fresh init) without pretrained weights."""
+    def initial_params(plan: run_setup.Plan):
+        if start.pretrained is None or not config.finetune.load_pretrained_weights:
             return None
-        body = model_lib.GPT1(base_cfg)  # the pretrained model's own tree, as it was saved
-        target = _sharded_target(model_lib.init_params_fn(body, 8), mesh, settings.sharding_rules(config))
-        pretrained_params = pretrained.load_params(target)
-        if base_cfg.scan_layers:  # a training checkpoint of a scanned run
+        body = model_lib.GPT1(start.base_config)  # the pretrained model's own tree, as it was saved
+        pretrained_params = start.pretrained.load_params(
+            _sharded_target(model_lib.init_params_fn(body, 8), plan.mesh, plan.rules))
+        if start.base_config.scan_layers:  # a training checkpoint of a scanned run
             pretrained_params = jax.jit(model_lib.per_layer_params)(pretrained_params)
         fresh = jax.jit(lambda r: nn.meta.unbox(init_params(r)),
-                        out_shardings=shardings.params)(jax.random.key(config.seed))
+                        out_shardings=plan.shardings.params)(jax.random.key(config.seed))
         return transplant(pretrained_params, fresh, config.finetune.transfer_layers)
+    return initial_params
 
-    # Run setup.
-    run_ = trainer.setup_run(settings.run_setup(config), init_params,
-                             heads.task_loss_fn(model, config.finetune.lm_coef), tx,
-                             optim.learning_rate_schedule(ocfg), workdir=workdir,
-                             batch_ndims={k: v.ndim for k, v in data.train.items()},
-                             initial_params=initial_params)
-    # Every process iterates over the global batches (task data is small) and hands each
-    # device the rows the batch sharding gives it.
-    batches = task_data_lib.make_batches(data.train, batch_size, config.seed)
-    if run_.data_state is not None:
-        batches.set_state(run_.data_state)
 
-    def to_global(rows: dict) -> dict:
-        return {k: sharding_lib.assemble_batch(lambda r, v=v: v[r], run_.batch_sharding[k], v.shape)
-                for k, v in rows.items()}
-
-    if is_main:
-        print(f"Fine-tuning on {spec.name}: {n_train:,} examples x {s} sequences of {data.max_len} "
-              f"tokens, {num_steps:,} steps of {batch_size}; init_from={config.init_from or 'random'}"
-              f"{'' if config.finetune.load_pretrained_weights else ' (shape and tokenizer only: random weights)'}")
-    writer = reporting.MetricsWriter(workdir, resume_step=run_.resumed_from)
-    loop_cfg = settings.loop_config(config, num_steps, tokens_per_step=batch_size * s * data.max_len)
-    save_meta = {"config": config.to_dict(), "model": dataclasses.asdict(mcfg), "task": spec.name,
-                 "num_steps": num_steps, "max_len": data.max_len}
-    started = time.time()
-    try:
-        state, last = trainer.train_loop(run_.state, run_.train_step, batches, to_global, loop_cfg,
-                                         writer, run_.checkpointer, save_meta, stop_requested=stop)
-    finally:
-        writer.close()
-        run_.checkpointer.close()
-
-    summary = {"task": spec.name, "num_params": model_lib.count_params(run_.abstract.params),
-               "step": int(state.step), "num_steps": num_steps, "finished": int(state.step) >= num_steps,
-               "train_loss": last.get("loss"),
-               "init_from": config.init_from, "lm_coef": config.finetune.lm_coef,
-               "pretrained_weights": bool(pretrained is not None and config.finetune.load_pretrained_weights),
-               "transfer_layers": config.finetune.transfer_layers,
-               "seconds_this_run": round(time.time() - started, 1)}
-    if int(state.step) >= num_steps:
-        loading.write_export(workdir / rundir.EXPORT, state.params, dataclasses.asdict(mcfg), tokenizer,
-                             task={"task": spec.name, "max_len": data.max_len})
-        summary["eval"] = evaluate.evaluate_splits(model, state.params, data, batch_size, workdir)
-    if is_main:  # the loss over the steps, and the task metrics reached at the end
-        final = {"step": int(state.step), **{f"{split} {name}": value for split, results
-                                             in summary.get("eval", {}).items()
-                                             for name, value in results.items()}}
-        rundir.write_bytes(workdir / rundir.CURVES, plots.render_finetune_curves(
-            [*writer.rows(), final], [k for k in final if k != "step"], title=f"Fine-tuning on {spec.name}"))
-    summary = rundir.update_summary(workdir, summary, write=is_main)
-    if is_main and "eval" in summary:
-        print(json.dumps(summary["eval"]))
-    return summary
+def _curves(rows: list[dict], values: dict, task: str) -> bytes:
+    """The loss over the steps, and the task metrics reached at the end."""
+    final = {"step": values["step"], **{f"{split} {name}": value for split, results
+                                        in values.get("eval", {}).items() for name, value in results.items()}}
+    return plots.render_finetune_curves([*rows, final], [k for k in final if k != "step"],
+                                        title=f"Fine-tuning on {task}")
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir) -> dict:

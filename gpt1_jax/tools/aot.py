@@ -1,9 +1,9 @@
 """Compile the pre-training job's steps for a TPU slice or NVIDIA GPUs on this (CPU) machine.
 
-    python -m gpt1_jax.aot --config=configs/gpt1.py --topology=v5e-8 [--config.KEY=VALUE ...]
+    python -m gpt1_jax.cli.aot --config=configs/gpt1.py --topology=v5e-8 [--config.KEY=VALUE ...]
         [--num_slices=N] [--num_gpus=G --num_hosts=H] [--out=aot.json]
 
-The train and eval steps are the job's own (`trainer.make_train_step` / `make_eval_step` on
+The train and eval steps are the job's own (planned by `run_setup.plan_run` on
 `model.lm_loss_fn`, the config's optimizer, mesh, sharding rules, microbatches, remat and
 dtype), lowered with abstract inputs on the target's devices and compiled by the target's
 compiler (libtpu; the CUDA plugin). Nothing runs: the answer is the compiler's memory plan
@@ -26,27 +26,23 @@ os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
 
 import dataclasses
 import importlib.util
-import json
 import pathlib
 import re
-import sys
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
 from gpt1_jax import model as model_lib
 from gpt1_jax import (
     optim,
     reporting,
     settings,
-    trainer,
+    train_state,
 )
-from gpt1_jax import sharding as sharding_lib
+from gpt1_jax import run_setup as run_setup_lib
 from gpt1_jax.errors import ConfigError, UserError
 
 GIB = 2 ** 30
@@ -169,7 +165,7 @@ class Steps:
     train: Any                # jax.stages.Compiled; None when the compiler ran out of memory
     eval: Any                 # likewise
     out_of_memory: dict | None  # {"arguments", "temporaries", "message"} when train is None
-    shardings: trainer.TrainState
+    shardings: train_state.TrainState
     mesh: Any
     model_config: model_lib.ModelConfig
     lower_seconds: float
@@ -186,7 +182,7 @@ class Lowered:
     eval: Any
     state: Any                # abstract TrainState with shardings
     batch: Any
-    shardings: trainer.TrainState
+    shardings: train_state.TrainState
     mesh: Any
     model_config: model_lib.ModelConfig
     lower_seconds: float      # the train step's lowering, wall clock
@@ -195,36 +191,24 @@ class Lowered:
 def lower_steps(config, devices, with_eval: bool = True) -> Lowered:
     """Lowers the pre-training job's train (and eval) steps on `devices`, exactly as the job
     builds them (model, optimizer, mesh, rules, microbatches), from abstract inputs."""
-    # The config is read as the job reads it; trainer.setup_run itself would also create
-    # the state, which abstract devices cannot hold, so its checks are repeated here.
+    # The config is read as the job reads it, and the steps are planned as its run setup
+    # plans them; only the state, which abstract devices cannot hold, is never created.
     mcfg = settings.model_config(config, config.model.vocab_size)
     # The schedule's length changes no shape; any positive count compiles the same program.
     ocfg = settings.optimizer_config(config, max(config.train.num_steps, 1))
     run_setup = settings.run_setup(config)
     model = model_lib.GPT1(mcfg)
-    tx = optim.make_optimizer(ocfg)
-    mesh = sharding_lib.make_mesh(run_setup.mesh, devices)
-    rules = run_setup.rules
-    batch_shard = sharding_lib.batch_sharding(mesh, rules)
-    batch_size, microbatches = run_setup.batch_size, run_setup.microbatches
-    data_parallel = sharding_lib.data_parallel_size(mesh, rules)
-    if batch_size % (data_parallel * microbatches):
-        raise ConfigError(f"train.batch_size={batch_size} must be divisible by the data-parallel "
-                          f"devices ({data_parallel}) times train.microbatches ({microbatches})")
-    abstract, shardings = trainer.state_shardings(
-        model_lib.init_params_fn(model, mcfg.n_ctx), tx, jax.random.key(run_setup.seed), mesh, rules)
-    loss_fn = model_lib.lm_loss_fn(model)
-    train_step = trainer.make_train_step(loss_fn, tx, optim.learning_rate_schedule(ocfg),
-                                         shardings, batch_shard, microbatches)
-    eval_step = trainer.make_eval_step(loss_fn, shardings.params, batch_shard)
-    state = trainer.with_shardings(abstract, shardings)
-    batch = jax.ShapeDtypeStruct((batch_size, mcfg.n_ctx + 1), jnp.int32, sharding=batch_shard)
+    plan = run_setup_lib.plan_run(run_setup, model_lib.init_params_fn(model, mcfg.n_ctx),
+                                  model_lib.lm_loss_fn(model), optim.make_optimizer(ocfg),
+                                  optim.learning_rate_schedule(ocfg), devices=devices)
+    state = train_state.with_shardings(plan.abstract, plan.shardings)
+    batch = jax.ShapeDtypeStruct((run_setup.batch_size, mcfg.n_ctx + 1), jnp.int32, sharding=plan.batch_sharding)
     started = time.perf_counter()
-    train = train_step.lower(state, batch)
+    train = plan.train_step.lower(state, batch)
     lower_seconds = time.perf_counter() - started
-    evaluate = eval_step.lower(state.params, batch) if with_eval else None
-    return Lowered(train=train, eval=evaluate, state=state, batch=batch, shardings=shardings,
-                   mesh=mesh, model_config=mcfg, lower_seconds=lower_seconds)
+    evaluate = plan.eval_step.lower(state.params, batch) if with_eval else None
+    return Lowered(train=train, eval=evaluate, state=state, batch=batch, shardings=plan.shardings,
+                   mesh=plan.mesh, model_config=mcfg, lower_seconds=lower_seconds)
 
 
 def compile_steps(config, devices, compiler_options: dict | None = None,
@@ -543,25 +527,8 @@ def does_not_fit_line(result: dict, config) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line
+# The whole answer for one target (the command line: gpt1_jax/cli/aot.py)
 # ---------------------------------------------------------------------------------------------
-
-def _define_flags():
-    # Defined when run as a command, not on import, so tests and tools that import this
-    # module next to gpt1_jax.main do not define --config twice.
-    config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
-    flags.DEFINE_string("topology", None, "TPU slice (v5e-8, v4-32, ...) or GPU (h100, h200, a100-80g).")
-    flags.DEFINE_integer("num_slices", 1, "TPU slices joined over the data-center network.")
-    flags.DEFINE_integer("num_gpus", 1, "GPUs per host (GPU targets).")
-    flags.DEFINE_integer("num_hosts", 1, "Hosts (GPU targets).")
-    flags.DEFINE_string("out", None, "Also write the report as JSON here.")
-    flags.DEFINE_enum("effort", "auto", [*EFFORTS, "auto"],
-                      "fast: the compiler's lowest effort (minutes less; its memory plan is an upper "
-                      "estimate of the job's); full: the job's own compile (the exact plan); auto: "
-                      "fast, and full when the fast plan does not fit.")
-    flags.DEFINE_boolean("eval_step", True, "Also compile the eval step (forward only).")
-    flags.mark_flags_as_required(["config", "topology"])
-
 
 def run(config, topology: str, num_slices: int = 1, num_gpus: int = 1, num_hosts: int = 1,
         argv: list[str] | None = None, effort: str = "auto", eval_step: bool = True) -> dict:
@@ -579,35 +546,3 @@ def run(config, topology: str, num_slices: int = 1, num_gpus: int = 1, num_hosts
         result = report(config, target, compile_lowered(lowered, EFFORTS["full"]), list(argv or []), "full")
         result["fast_attempt"] = fast
     return result
-
-
-def _main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    f = flags.FLAGS
-    config = f.config
-    try:
-        result = run(config, f.topology, f.num_slices, f.num_gpus, f.num_hosts, argv=sys.argv[1:],
-                     effort=f.effort, eval_step=f.eval_step)
-    except CompilerMissing as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    print(format_report(result), flush=True)
-    if f.out:
-        pathlib.Path(f.out).write_text(json.dumps(result, indent=2) + "\n")
-    if not result["fits"]:
-        print(does_not_fit_line(result, config), file=sys.stderr, flush=True)
-        sys.exit(1)
-
-
-def main() -> None:
-    """`python -m gpt1_jax.aot ...` (see the module docstring)."""
-    _define_flags()
-    app.run(_main)
-
-
-if __name__ == "__main__":
-    main()
