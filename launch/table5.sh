@@ -9,7 +9,9 @@
 #   unigram loss for thousands of steps (see README, "Zero-shot behaviour and the ablations").
 #
 #   Fine-tuning is the paper's recipe (lr 6.25e-5, batch 32, 3 epochs) on 4,000 SST-2
-#   training sentences and the 1,497 Story Cloze training stories.
+#   training sentences and the 1,497 Story Cloze training stories. Each ablation grid is a
+#   grid study (launch/sweep.py over gpt1_jax/sweeps/): two fine-tunes at a time, and a rerun
+#   after an interruption continues it (ROOT/sst2/_sweep/study.journal).
 #
 #   launch/table5.sh ROOT GLUE_DIR STORY_CLOZE_DIR
 set -euo pipefail
@@ -30,9 +32,11 @@ python -m gpt1_jax.main --config=configs/demo.py --workdir="$root/pretrain" \
 python -m gpt1_jax.cli.zero_shot --workdir="$root/pretrain" --glue_dir="$glue" \
     --story_cloze_dir="$story" --max_examples=500
 
-python "$here/sweep.py" --root="$root/sst2" --config=configs/finetune.py:sst2 \
+python "$here/sweep.py" --root="$root/sst2" --config=configs/finetune.py:sst2 --parallel=2 \
+    --objective=eval.validation.accuracy --direction=maximize \
     --grid "finetune.load_pretrained_weights=True,False" --grid "finetune.lm_coef=0.5,0" \
     --set "init_from=$root/pretrain" --set "data.data_dir=$glue" --set data.max_train_examples=4000
-python "$here/sweep.py" --root="$root/story_cloze" --config=configs/finetune.py:story_cloze \
+python "$here/sweep.py" --root="$root/story_cloze" --config=configs/finetune.py:story_cloze --parallel=2 \
+    --objective=eval.test.accuracy --direction=maximize \
     --grid "finetune.load_pretrained_weights=True,False" --grid "finetune.lm_coef=0.5,0" \
     --set "init_from=$root/pretrain" --set "data.data_dir=$story"
