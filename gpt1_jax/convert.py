@@ -335,7 +335,9 @@ def write_hf(dst, loaded: LoadedModel) -> None:
             rundir.write_bytes(dst / HF_VOCAB_FILE, (tmp / loaded.tokenizer.ENCODER_FILE).read_bytes())
             rundir.write_bytes(dst / HF_MERGES_FILE, (tmp / loaded.tokenizer.MERGES_FILE).read_bytes())
         rundir.write_text(dst / "tokenizer_config.json", json.dumps(
-            {"tokenizer_class": "OpenAIGPTTokenizer", "unk_token": "<unk>", "model_max_length": cfg.n_ctx},
+            # GPT-1 has no bos/eos: the newline token plays both (gpt1_jax/harness/__init__.py).
+            {"tokenizer_class": "OpenAIGPTTokenizer", "unk_token": "<unk>", "model_max_length": cfg.n_ctx,
+             "bos_token": "\n</w>", "eos_token": "\n</w>"},
             indent=2) + "\n")
 
 

@@ -65,8 +65,9 @@ class MetricsWriter:
     again. A fresh run (`resume_step=None`) starts a new history.
     """
 
-    def __init__(self, workdir, resume_step: int | None = None):
+    def __init__(self, workdir, resume_step: int | None = None, tracker=None):
         self.enabled = jax.process_index() == 0
+        self._tracker = tracker  # e.g. tracking.WandbTracker: gets every write's scalars too
         self._lines: list[str] = []
         self._tb = None
         if not self.enabled:
@@ -97,6 +98,8 @@ class MetricsWriter:
             if isinstance(value, (int, float)):
                 self._tb.add_scalar(key, value, int(step))
         self._tb.flush()
+        if self._tracker is not None:
+            self._tracker.log(int(step), clean)
         if rundir.is_remote(self._tb_dir):
             rundir.sync(self._tb_local, self._tb_dir)
 
@@ -105,6 +108,9 @@ class MetricsWriter:
             self._tb.close()
             self._mirror.__exit__(None, None, None)
             self._tb = None
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
 
 
 def _logged_step(line: str) -> int | None:

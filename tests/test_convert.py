@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jobs
-from gpt1_jax import assets, convert, lm_eval, tokenizers
+from gpt1_jax import assets, convert, perplexity, tokenizers
 from gpt1_jax import model as model_lib
 
 torch = pytest.importorskip("torch")
@@ -85,7 +85,7 @@ def test_hf_model_through_an_orbax_export_gives_transformers_logits(hf_model, hf
 def test_evaluate_lm_gives_transformers_nll(hf_model, hf_dir, book_tokens):
     loaded = convert.read_hf(hf_dir)
     document = book_tokens[:3 * N_CTX + 10]
-    ours = lm_eval.score(loaded.config, loaded.params, [document], batch_size=2)
+    ours = perplexity.score(loaded.config, loaded.params, [document], batch_size=2)
     # transformers on the same non-overlapping windows, one forward pass each.
     total, count = 0.0, 0
     for start in range(0, len(document) - 1, N_CTX):

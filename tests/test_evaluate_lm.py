@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import jobs
-from gpt1_jax import lm_eval, loading, tokenizers
+from gpt1_jax import loading, perplexity, tokenizers
 from gpt1_jax import model as model_lib
 from gpt1_jax.data import corpus
 
@@ -30,7 +30,7 @@ def params():
 def test_windows_score_every_target_once_with_context_from_the_stride(length, n_ctx, stride):
     tokens = np.arange(100, 100 + length)
     scored = []
-    for inputs, targets, mask in lm_eval.windows(tokens, n_ctx, stride):
+    for inputs, targets, mask in perplexity.windows(tokens, n_ctx, stride):
         assert len(inputs) == len(targets) <= n_ctx
         np.testing.assert_array_equal(targets[:-1], inputs[1:])
         for position in np.flatnonzero(mask):
@@ -45,7 +45,7 @@ def test_windows_score_every_target_once_with_context_from_the_stride(length, n_
 def test_stride_one_scores_each_token_with_its_full_context(params):
     model = model_lib.GPT1(CFG)
     document = jax.random.randint(jax.random.key(1), (40,), 0, CFG.vocab_size).tolist()
-    result = lm_eval.score(CFG, params, [document], batch_size=3, stride=1)
+    result = perplexity.score(CFG, params, [document], batch_size=3, stride=1)
 
     @jax.jit
     def nll_of_last(inputs_1xT, length, target):
@@ -66,8 +66,8 @@ def test_stride_one_scores_each_token_with_its_full_context(params):
 def test_documents_are_scored_independently(params):
     a = jax.random.randint(jax.random.key(2), (30,), 0, CFG.vocab_size).tolist()
     b = jax.random.randint(jax.random.key(3), (21,), 0, CFG.vocab_size).tolist()
-    both = lm_eval.score(CFG, params, [a, b, [5]])
-    one, two = lm_eval.score(CFG, params, [a]), lm_eval.score(CFG, params, [b])
+    both = perplexity.score(CFG, params, [a, b, [5]])
+    one, two = perplexity.score(CFG, params, [a]), perplexity.score(CFG, params, [b])
     assert both["tokens"] == one["tokens"] + two["tokens"] == 29 + 20
     mean = (one["nll"] * one["tokens"] + two["nll"] * two["tokens"]) / both["tokens"]
     assert both["nll"] == pytest.approx(mean, rel=1e-6)
@@ -79,10 +79,10 @@ def test_command_prints_the_result_as_its_last_line(params, tmp_path):
     loading.write_export(export, params, dataclasses.asdict(CFG), tokenizer)
     text = "It was the best of times, it was the worst of times.\r\nIt was the age of wisdom.\r\n" * 3
     (tmp_path / "text.txt").write_bytes(text.encode("utf-8"))
-    done = jobs.run([sys.executable, "-m", "gpt1_jax.evaluate_lm", f"--init_from={export}",
+    done = jobs.run([sys.executable, "-m", "gpt1_jax.cli.evaluate_lm", f"--init_from={export}",
                      f"--text={tmp_path / 'text.txt'}", "--batch_size=2"], timeout=120)
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    expected = lm_eval.score(CFG, params, [tokenizer.encode(text.replace("\r\n", "\n"))])
+    expected = perplexity.score(CFG, params, [tokenizer.encode(text.replace("\r\n", "\n"))])
     assert result["tokens"] == expected["tokens"]
     assert result["nll"] == pytest.approx(expected["nll"], rel=1e-6)
     assert result["perplexity"] == pytest.approx(np.exp(result["nll"]))
