@@ -16,8 +16,6 @@ objective, wall time and every summary.json value). `--dry_run` prints the comma
 For search spaces beyond a grid, pruning and SLURM: `python -m gpt1_jax.cli.sweep`.
 """
 import argparse
-import csv
-import io
 import pathlib
 import sys
 
@@ -79,19 +77,8 @@ def gather(root) -> list[dict]:
 
 
 def write_tables(rows: list[dict], root) -> None:
-    root = rundir.path(root)
-    columns = list(dict.fromkeys(["run", *(k for row in rows for k in row)]))
-    with io.StringIO(newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        rundir.write_text(root / "results.csv", f.getvalue())
-
-    def cell(value):
-        return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
-    rundir.write_text(root / "results.md", "\n".join(lines) + "\n")
+    """The gathered rows as ROOT/results.csv and results.md, the run name first."""
+    controller.write_tables([{"run": row.get("run"), **row} for row in rows], root)
 
 
 def study_rows(study, definition, root) -> list[dict]:

@@ -167,3 +167,28 @@ def wait_for(condition, *processes, timeout: float = 300.0, poll: float = 0.01) 
                     subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)))
         assert time.time() < deadline, "timed out"
         time.sleep(poll)
+
+
+def process_flags(address: str, count: int, index: int) -> list[str]:
+    """The flags that make a job process `index` of `count` joined through `address`."""
+    return ["--config.distributed.initialize=True", f"--config.distributed.coordinator_address={address}",
+            f"--config.distributed.num_processes={count}", f"--config.distributed.process_id={index}"]
+
+
+def run_processes(argvs: list[list[str]], job_env: dict, timeout: float = TIMEOUT) -> list[tuple[str, str]]:
+    """Runs the processes of one multi-process job to their end, each expected to exit 0;
+    returns each one's (stdout, stderr). A failed peer must not leave the others waiting."""
+    processes = [start(args, job_env) for args in argvs]
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=timeout))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for i, (process, (stdout, stderr)) in enumerate(zip(processes, outputs)):
+        assert process.returncode == 0, f"process {i}: " + output(
+            subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    return outputs

@@ -6,7 +6,6 @@ writes its shards of the checkpoint, and only process 0 logs; so the losses and
 parameters must match the single-process run, and the checkpoint the pair writes
 together must resume in a single process.
 """
-import subprocess
 
 import flax.linen as nn
 import jax
@@ -31,24 +30,9 @@ def _run_two_processes(corpus, workdir, *overrides) -> list[tuple[str, str]]:
     """Two processes of 2 devices each, joined through a coordinator on 127.0.0.1;
     returns each one's (stdout, stderr)."""
     address = f"127.0.0.1:{jobs.free_port()}"
-    processes = [jobs.start(jobs.pretrain_argv(
-        corpus, workdir, *COMMON, *overrides, "--config.distributed.initialize=True",
-        f"--config.distributed.coordinator_address={address}",
-        "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"), jobs.env(2))
-        for i in range(2)]
-    outputs = []
-    try:
-        for process in processes:
-            outputs.append(process.communicate(timeout=TIMEOUT))
-    finally:
-        for process in processes:  # a failed peer must not leave the other waiting
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    for i, (process, (stdout, stderr)) in enumerate(zip(processes, outputs)):
-        assert process.returncode == 0, f"process {i}: " + jobs.output(
-            subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
-    return outputs
+    return jobs.run_processes([jobs.pretrain_argv(corpus, workdir, *COMMON, *overrides,
+                                                  *jobs.process_flags(address, 2, i)) for i in range(2)],
+                              jobs.env(2), timeout=TIMEOUT)
 
 
 def _abstract_params(model_config: dict):

@@ -8,7 +8,6 @@ checkpoint holds exactly what the pair saved. Each consumer of the pair's checkp
 device, must then do exactly what it does with the single process's checkpoint.
 """
 import json
-import subprocess
 import sys
 
 import jax
@@ -39,20 +38,8 @@ def checkpoints(corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("restore_anywhere")
     pair, single = root / "pair", root / "single"
     address = f"127.0.0.1:{jobs.free_port()}"
-    processes = [jobs.start(jobs.pretrain_argv(
-        corpus, pair, *MESH, *STEPS, "--config.distributed.initialize=True",
-        f"--config.distributed.coordinator_address={address}", "--config.distributed.num_processes=2",
-        f"--config.distributed.process_id={i}"), jobs.env(1)) for i in range(2)]
-    try:
-        outputs = [process.communicate(timeout=TIMEOUT) for process in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    for i, (process, (stdout, stderr)) in enumerate(zip(processes, outputs)):
-        assert process.returncode == 0, f"process {i}: " + jobs.output(
-            subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+    jobs.run_processes([jobs.pretrain_argv(corpus, pair, *MESH, *STEPS, *jobs.process_flags(address, 2, i))
+                        for i in range(2)], jobs.env(1), timeout=TIMEOUT)
     jobs.run(jobs.pretrain_argv(corpus, single, *MESH, *STEPS), jobs.env(2), timeout=TIMEOUT)
     return {"pair": pair / "checkpoints" / "2", "single": single / "checkpoints" / "2"}
 

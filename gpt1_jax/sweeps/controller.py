@@ -213,7 +213,19 @@ def write_results(study: optuna.Study, definition: definition_lib.Study, root, d
     """ROOT/results.md and results.csv; with `plots`, the history, parallel-coordinate and
     importance PNGs (those that the finished trials can draw)."""
     root = rundir.path(root)
-    rows = result_rows(study, definition)
+    best = best_trial(study)
+    write_tables(result_rows(study, definition), root, preamble=[
+        f"# Study {definition.name}: {definition.direction} {definition.objective}", "",
+        f"best: trial {best.number} ({best.user_attrs.get('name')}), {definition.objective}={best.value:.4g}, "
+        f"workdir {best.user_attrs.get('workdir')}" if best else "best: no finished trial yet", ""])
+    if plots:
+        for name, png in render_plots(study).items():
+            rundir.write_bytes(root / name, png)
+
+
+def write_tables(rows: list[dict], root, preamble: list[str] = ()) -> None:
+    """ROOT/results.csv and ROOT/results.md (after `preamble`'s lines): one row per run."""
+    root = rundir.path(root)
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with io.StringIO(newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -223,16 +235,9 @@ def write_results(study: optuna.Study, definition: definition_lib.Study, root, d
 
     def cell(value):
         return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
-    best = best_trial(study)
-    lines = [f"# Study {definition.name}: {definition.direction} {definition.objective}", "",
-             f"best: trial {best.number} ({best.user_attrs.get('name')}), {definition.objective}={best.value:.4g}, "
-             f"workdir {best.user_attrs.get('workdir')}" if best else "best: no finished trial yet", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = [*preamble, "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     rundir.write_text(root / "results.md", "\n".join(lines) + "\n")
-    if plots:
-        for name, png in render_plots(study).items():
-            rundir.write_bytes(root / name, png)
 
 
 def render_plots(study: optuna.Study) -> dict[str, bytes]:
