@@ -7,7 +7,7 @@
 #
 # ACCELERATOR picks setup.py's extra: "tpu" (jax[tpu] and libtpu), "cuda" (jax[cuda12], which
 # brings CUDA and cuDNN as wheels, so a plain Python base image serves) or "cpu" (none). The
-# command comes from the manifest: python -m gpt1_jax.main --config=... --workdir=gs://...
+# command comes from the manifest: python -m gpt1_jax.cli.main --config=... --workdir=gs://...
 ARG PYTHON=3.11
 FROM python:${PYTHON}-slim
 ARG ACCELERATOR=cpu
@@ -26,4 +26,4 @@ COPY launch ./launch
 # The job exits 42 after committing its checkpoint on SIGTERM: the runtime must deliver the
 # signal to python itself (exec form, no shell in between) and allow the grace period.
 STOPSIGNAL SIGTERM
-CMD ["python", "-m", "gpt1_jax.main", "--helpshort"]
+CMD ["python", "-m", "gpt1_jax.cli.main", "--helpshort"]

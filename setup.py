@@ -63,7 +63,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["gpt1_jax", "gpt1_jax.*"]),
     # The bundled corpus and the GPT-1 BPE vocabulary ship inside the package,
     # so a non-editable install finds them too.
-    package_data={"gpt1_jax": ["assets/*/*"], "gpt1_jax.harness": ["tasks/*/*.yaml", "tasks/*/*.py"]},
+    package_data={"gpt1_jax": ["assets/*/*"], "gpt1_jax.evaluation.harness": ["tasks/*/*.yaml", "tasks/*/*.py"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     license="MIT",

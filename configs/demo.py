@@ -25,7 +25,7 @@ of two CPU cores demand it:
 - No dropout: the run sees each token less than once, so there is nothing to regularise
   and dropout only slows learning.
 
-    python -m gpt1_jax.main --config=configs/demo.py --workdir=runs/demo
+    python -m gpt1_jax.cli.main --config=configs/demo.py --workdir=runs/demo
 
 docs/demo.md has the measured run: losses against the reference levels, the picture and
 the text it writes.

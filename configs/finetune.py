@@ -1,6 +1,6 @@
 """Discriminative fine-tuning on one of the paper's tasks (GPT-1 §3.2, §4.1).
 
-    python -m gpt1_jax.main --config=configs/finetune.py:sst2 --workdir=runs/sst2 \
+    python -m gpt1_jax.cli.main --config=configs/finetune.py:sst2 --workdir=runs/sst2 \
         --config.init_from=runs/demo --config.data.data_dir=../shared/data/glue
 
 The recipe is the paper's: lr 6.25e-5, batch 32, 3 epochs, linear warm-up over 0.2% of

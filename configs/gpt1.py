@@ -5,7 +5,7 @@ BPE vocabulary, batches of 64, Adam with peak lr 2.5e-4, 2,000 warm-up steps the
 cosine annealing to 0, decoupled weight decay 0.01, gradient clipping at 1, dropout 0.1,
 100 epochs over the corpus (the step count is computed from the corpus size).
 
-    python -m gpt1_jax.main --config=configs/gpt1.py --workdir=runs/gpt1
+    python -m gpt1_jax.cli.main --config=configs/gpt1.py --workdir=runs/gpt1
 """
 import ml_collections
 

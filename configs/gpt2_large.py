@@ -6,7 +6,7 @@ backward pass (model.remat="block"): on 8 devices, data 1 x fsdp 4 x tensor 2; b
 computation with float32 parameters. remat="dots" does not fit a v5e-8 (16 GiB a chip): the
 AOT compile of the job's plan needs 17.6 GiB a chip, "block" 7.1 (docs/aot.md).
 
-    python -m gpt1_jax.main --config=configs/gpt2_large.py --workdir=runs/gpt2_large
+    python -m gpt1_jax.cli.main --config=configs/gpt2_large.py --workdir=runs/gpt2_large
 """
 import pathlib
 

@@ -13,7 +13,7 @@ README's fit table, launch/aot_table.sh). The layers are one scanned block
 seconds instead of minutes; checkpoints hold the layers stacked, exports and conversions the
 per-layer form.
 
-    python -m gpt1_jax.main --config=configs/gpt2_medium.py --workdir=runs/gpt2_medium
+    python -m gpt1_jax.cli.main --config=configs/gpt2_medium.py --workdir=runs/gpt2_medium
 """
 import pathlib
 

@@ -4,7 +4,7 @@ model the tests train.
 The paper's recipe and tokenizer (configs/gpt1.py: the GPT-1 BPE, post-LN blocks, Adam,
 warm-up then cosine) at 1 layer of width 32 and 64-token windows; a few steps.
 
-    python -m gpt1_jax.main --config=configs/tiny.py --workdir=runs/tiny
+    python -m gpt1_jax.cli.main --config=configs/tiny.py --workdir=runs/tiny
 """
 import pathlib
 

@@ -31,8 +31,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from gpt1_jax import distributed, rundir
+from gpt1_jax import distributed
 from gpt1_jax.errors import ConfigError, UserError
+from gpt1_jax.storage import rundir
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gpt1_jax import loading, rundir, tokenizers
+from gpt1_jax import loading, tokenizers
 from gpt1_jax import model as model_lib
 from gpt1_jax.errors import UserError
+from gpt1_jax.storage import rundir
 
 OPENAI_SHAPES_FILE = "params_shapes.json"
 HF_CONFIG_FILE = "config.json"
@@ -335,7 +336,7 @@ def write_hf(dst, loaded: LoadedModel) -> None:
             rundir.write_bytes(dst / HF_VOCAB_FILE, (tmp / loaded.tokenizer.ENCODER_FILE).read_bytes())
             rundir.write_bytes(dst / HF_MERGES_FILE, (tmp / loaded.tokenizer.MERGES_FILE).read_bytes())
         rundir.write_text(dst / "tokenizer_config.json", json.dumps(
-            # GPT-1 has no bos/eos: the newline token plays both (gpt1_jax/harness/__init__.py).
+            # GPT-1 has no bos/eos: the newline token plays both (gpt1_jax/evaluation/harness/__init__.py).
             {"tokenizer_class": "OpenAIGPTTokenizer", "unk_token": "<unk>", "model_max_length": cfg.n_ctx,
              "bos_token": "\n</w>", "eos_token": "\n</w>"},
             indent=2) + "\n")

@@ -14,8 +14,9 @@ import jax
 
 from gpt1_jax import checkpoint as checkpoint_lib
 from gpt1_jax import model as model_lib
-from gpt1_jax import rundir, tokenizers
+from gpt1_jax import tokenizers
 from gpt1_jax.checkpoint import CheckpointError
+from gpt1_jax.storage import rundir
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import json
 import jax
 import numpy as np
 
-from gpt1_jax import rundir
+from gpt1_jax.storage import rundir
 
 # Peak dense FLOP/s per device, by `device_kind` substring. bf16 for accelerators;
 # the CPU figure is one 2-core machine's fp32 matmul peak (a Zen 4-like EPYC: the best of

@@ -4,12 +4,13 @@ dataclasses and values the library takes. Nothing below this module sees a Confi
 import jax
 import ml_collections
 
-from gpt1_jax import assets, optim, reporting, rundir
-from gpt1_jax import loop as loop_lib
+from gpt1_jax import assets, optim, reporting
 from gpt1_jax import model as model_lib
-from gpt1_jax import run_setup as run_setup_lib
 from gpt1_jax.data import corpus as corpus_lib
 from gpt1_jax.errors import ConfigError
+from gpt1_jax.storage import rundir
+from gpt1_jax.train import loop as loop_lib
+from gpt1_jax.train import run_setup as run_setup_lib
 
 
 def sharding_rules(config: ml_collections.ConfigDict) -> tuple:
@@ -67,23 +68,6 @@ def metrics_writer(config: ml_collections.ConfigDict, workdir, resume_step: int 
     return reporting.MetricsWriter(workdir, resume_step=resume_step, tracker=tracker)
 
 
-def harness_evaluator(config: ml_collections.ConfigDict, model_config, tokenizer):
-    """params -> {"harness/<task>/<metric>": value} for `harness.tasks`, or None when none are set."""
-    h = config.get("harness")
-    if h is None or not h.tasks.strip():
-        return None
-    if jax.process_count() > 1:
-        raise ConfigError("harness.tasks: harness evaluation during training runs in one process only; "
-                          "evaluate the run's checkpoints with `python -m gpt1_jax.cli.harness` instead")
-    try:
-        from gpt1_jax.harness import evaluate as harness_lib
-    except ImportError as e:
-        raise ConfigError(f"harness.tasks needs lm-eval: pip install \".[harness]\" ({e})") from e
-    split = lambda text: [part.strip() for part in text.split(",") if part.strip()]
-    return harness_lib.PretrainingEvaluator(model_config, tokenizer, split(h.tasks), limit=h.limit or None,
-                                            batch_size=h.batch_size, include_paths=split(h.include_path))
-
-
 def corpus_source(config: ml_collections.ConfigDict):
     """The configured corpus: TFDS, the given text files (local or gs://), or the bundled books."""
     data = config.data
@@ -101,7 +85,6 @@ def cache_dir(config: ml_collections.ConfigDict, workdir=None):
     """Where token caches live: data.cache_dir (local or gs://); else, for a job of several
     processes, `<workdir>/token_cache/` (every host reads the one process 0 built); else
     the local `$GPT1_JAX_CACHE/tokens` (~/.cache/gpt1_jax/tokens)."""
-    import jax
     if config.data.cache_dir:
         return rundir.path(config.data.cache_dir)
     if workdir is not None and jax.process_count() > 1:

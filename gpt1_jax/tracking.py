@@ -21,7 +21,7 @@ from typing import Any
 
 import jax
 
-from gpt1_jax import rundir
+from gpt1_jax.storage import rundir
 
 log = logging.getLogger(__name__)
 

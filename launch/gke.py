@@ -10,7 +10,7 @@ the image, the slice, the workdir and the job's flags. Standard library only.
 
 One pod a host, one container a pod, all pods joined by jax.distributed (process id = the
 Job's completion index, coordinator = pod 0 through the JobSet's headless service). Restarts
-follow gpt1_jax/stopping.py's exit codes: a pod that exits 42 (stopped after committing its
+follow gpt1_jax/train/stopping.py's exit codes: a pod that exits 42 (stopped after committing its
 checkpoint) or is preempted fails its Job (backoffLimit 0), and the JobSet restarts every pod
 (up to --max-restarts), which resume from the checkpoint; a pod that exits 1 (an error a
 rerun will not fix) fails the Job through its podFailurePolicy, and the JobSet fails with no
@@ -39,7 +39,7 @@ TOPOLOGY_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 12
 # The launcher's flags before the user's: every process joins one job.
 JOB_FLAGS = ("--config.distributed.initialize=True", "--config.mesh.data=-1", "--config.model.attention=einsum")
 # bash -c: the job's flags arrive as "$@", and the per-pod values from the environment.
-ENTRY = ('exec python -m gpt1_jax.main "$@" --config.distributed.process_id="$JOB_COMPLETION_INDEX" '
+ENTRY = ('exec python -m gpt1_jax.cli.main "$@" --config.distributed.process_id="$JOB_COMPLETION_INDEX" '
          '--config.distributed.coordinator_address="$GPT1_JAX_COORDINATOR_ADDRESS"')
 
 

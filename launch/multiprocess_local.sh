@@ -27,7 +27,7 @@ for ((i = 0; i < num; i++)); do
     else
         device_env=(JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS:-2}")
     fi
-    env "${device_env[@]}" python -m gpt1_jax.main "$config" --workdir="$workdir" \
+    env "${device_env[@]}" python -m gpt1_jax.cli.main "$config" --workdir="$workdir" \
         --config.distributed.initialize=True --config.distributed.coordinator_address="127.0.0.1:$port" \
         --config.distributed.num_processes="$num" --config.distributed.process_id=$i \
         ${flags[@]+"${flags[@]}"} &

@@ -7,7 +7,7 @@ controller (gpt1_jax/sweeps/), N at a time, surviving its own restart.
         --set data.data_dir=../shared/data/glue --set data.max_train_examples=2000 [--parallel=2]
 
 Every combination of the `--grid` values (comma-separated; an empty value is allowed) runs
-as `python -m gpt1_jax.main --config=... --workdir=ROOT/<name> --config.KEY=VALUE ...`, where
+as `python -m gpt1_jax.cli.main --config=... --workdir=ROOT/<name> --config.KEY=VALUE ...`, where
 <name> spells out the grid values, in `itertools.product` order. A run whose workdir already
 has a finished summary is recorded without running it again, and the study's journal in
 ROOT/_sweep/ lets an interrupted sweep continue where it stopped. At the end (or with
@@ -20,8 +20,8 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the code beside it, not an older install
-from gpt1_jax import rundir  # noqa: E402
 from gpt1_jax.errors import ConfigError, UserError  # noqa: E402
+from gpt1_jax.storage import rundir  # noqa: E402
 from gpt1_jax.sweeps import controller, launchers  # noqa: E402
 from gpt1_jax.sweeps import definition as definition_lib  # noqa: E402
 
@@ -91,7 +91,7 @@ def study_rows(study, definition, root) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="local or gs://")
-    parser.add_argument("--config", help="the config file (with :ARG), as for gpt1_jax.main")
+    parser.add_argument("--config", help="the config file (with :ARG), as for gpt1_jax.cli.main")
     parser.add_argument("--grid", action="append", default=[], help="KEY=V1,V2,... (repeatable)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once on this machine")

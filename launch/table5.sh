@@ -20,7 +20,7 @@ glue=${2:?usage: launch/table5.sh ROOT GLUE_DIR STORY_CLOZE_DIR}
 story=${3:?usage: launch/table5.sh ROOT GLUE_DIR STORY_CLOZE_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 
-python -m gpt1_jax.main --config=configs/demo.py --workdir="$root/pretrain" \
+python -m gpt1_jax.cli.main --config=configs/demo.py --workdir="$root/pretrain" \
     --config.data.tokenizer=sentencepiece --config.data.sentencepiece_vocab_size=8192 \
     --config.model.vocab_size=8192 --config.model.n_layer=4 --config.model.d_model=256 \
     --config.model.n_head=4 --config.model.d_ff=1024 --config.model.n_ctx=128 \

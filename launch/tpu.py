@@ -21,7 +21,7 @@ Commands (each takes --name, --zone, --project; zone and project default to gclo
              --delete then deletes the TPU VM and its queued resource
 
 Exit status: 0 done (or: training, for `run`), 1 an error (one `error:` line), 2 a usage error.
-The job's own codes (gpt1_jax/stopping.py): 0 finished, 42 stopped after committing its
+The job's own codes (gpt1_jax/train/stopping.py): 0 finished, 42 stopped after committing its
 checkpoint (rerun to resume), 1 a failure a rerun will not fix, 128+N killed by signal N.
 """
 import argparse
@@ -36,7 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-# gpt1_jax/stopping.py's contract, restated: this file must not import JAX.
+# gpt1_jax/train/stopping.py's contract, restated: this file must not import JAX.
 EXIT_FINISHED, EXIT_RESUME, EXIT_FAILED = 0, 42, 1
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -220,7 +220,7 @@ def job_command(job_flags: list[str], workdir: str) -> list[str]:
     """The command every worker runs: the job's flags after the pod's, --config defaulting to GPT-1's."""
     config = next((f for f in job_flags if f.startswith("--config=")), "--config=configs/gpt1.py")
     rest = [f for f in job_flags if not f.startswith("--config=")]
-    return [".venv/bin/python", "-m", "gpt1_jax.main", config, f"--workdir={workdir}", *JOB_FLAGS, *rest]
+    return [".venv/bin/python", "-m", "gpt1_jax.cli.main", config, f"--workdir={workdir}", *JOB_FLAGS, *rest]
 
 
 def worker_script(command: list[str], workdir: str, install: bool, log_every_secs: float) -> str:

@@ -1,4 +1,4 @@
-"""Running jobs as a user would, for tests: `python -m gpt1_jax.main ...` in a fresh process,
+"""Running jobs as a user would, for tests: `python -m gpt1_jax.cli.main ...` in a fresh process,
 and reading what it left in its workdir (local or gs://).
 
 The one place tests start jobs from; test files import it as `import jobs` (tests/ is on
@@ -45,7 +45,7 @@ def compilation_cache(directory) -> dict:
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
-def argv(config: str, workdir, *overrides, module: str = "gpt1_jax.main") -> list[str]:
+def argv(config: str, workdir, *overrides, module: str = "gpt1_jax.cli.main") -> list[str]:
     return [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}",
             "--config.train.progress=False", *overrides]
 
@@ -80,8 +80,8 @@ def run(args: list[str], job_env: dict | None = None, expect_ok: bool = True,
 
 
 def main(*args, expect_ok: bool = True, devices: int = 1) -> subprocess.CompletedProcess:
-    """`python -m gpt1_jax.main ARGS --config.train.progress=False` to its end."""
-    return run([sys.executable, "-m", "gpt1_jax.main", *args, "--config.train.progress=False"],
+    """`python -m gpt1_jax.cli.main ARGS --config.train.progress=False` to its end."""
+    return run([sys.executable, "-m", "gpt1_jax.cli.main", *args, "--config.train.progress=False"],
                env(devices), expect_ok=expect_ok)
 
 
@@ -99,7 +99,8 @@ def free_port() -> int:
 
 def finished_steps(workdir) -> list[int]:
     """The workdir's finished checkpoints, by orbax's own test (local or gs://)."""
-    from gpt1_jax import checkpoint, rundir
+    from gpt1_jax import checkpoint
+    from gpt1_jax.storage import rundir
     return checkpoint.finished_steps(rundir.path(workdir) / rundir.CHECKPOINTS)
 
 
@@ -111,7 +112,7 @@ def in_flight(workdir) -> list[str]:
 
 def metric_records(workdir) -> list[dict]:
     """The records of metrics.jsonl (local or gs://); a line still being written is left out."""
-    from gpt1_jax import rundir
+    from gpt1_jax.storage import rundir
     path = rundir.path(workdir) / rundir.METRICS
     lines = path.read_text().split("\n")[:-1] if path.exists() else []
     return [json.loads(line) for line in lines]
@@ -128,7 +129,7 @@ def saved_state(workdir, step) -> dict:
     import numpy as np
     import orbax.checkpoint as ocp
 
-    from gpt1_jax import rundir
+    from gpt1_jax.storage import rundir
     path = rundir.path(workdir) / rundir.CHECKPOINTS / str(step) / "state"
     # Onto one device of this process, whatever mesh and processes wrote it.
     one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -15,10 +15,11 @@ import jax
 import pytest
 from jax.sharding import PartitionSpec
 
-from gpt1_jax import config_files, optim, settings, train_state
+from gpt1_jax import config_files, optim, settings
 from gpt1_jax import model as model_lib
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax.tools import aot
+from gpt1_jax.train import train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from gpt1_jax import rundir
 from gpt1_jax.data import corpus
+from gpt1_jax.storage import rundir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ corpus.build_or_load_token_cache(corpus.TextFilesCorpus([sys.argv[1]]), Hanging(
 
 HANG_IN_SCRATCH = """
 import sys, time
-from gpt1_jax import rundir
+from gpt1_jax.storage import rundir
 
 with rundir.scratch_directory("sentencepiece") as scratch:
     with open(f"{scratch}/corpus.txt", "wb") as f:

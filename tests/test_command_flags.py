@@ -28,9 +28,10 @@ COMMANDS = {
     "harness": (["--init_from=x", "--tasks=t"], {"num_fewshot": {0}, "bench": {0}}),
     "sweep": (["--study=configs/sweeps/sst2_lr_lm_coef.py", "--root=x"], {}),
 }
-# Commands without flags of their own: the harness's own command line, and the one-trial wrapper
-# the sweep launchers run (its arguments come from the controller, not from a user).
-FLAGLESS = {"lm_eval_main", "sweep_trial"}
+# Commands without numeric flags of their own: the job (its numbers are config keys, checked by
+# config_rules and tests/test_config_rules.py), the harness's own command line, and the one-trial
+# wrapper the sweep launchers run (its arguments come from the controller, not from a user).
+FLAGLESS = {"main", "lm_eval_main", "sweep_trial"}
 
 # In one fresh process (flags are global): each command's module imported, its command line parsed
 # once per value, its flags deleted before the next command defines its own.
@@ -84,7 +85,7 @@ def docstring(path: pathlib.Path) -> str:
     return ast.get_docstring(ast.parse(path.read_text()), clean=False) or ""
 
 
-@pytest.mark.parametrize("path", sorted(CLI.glob("*.py")) + [jobs.REPO / "gpt1_jax" / "main.py"],
+@pytest.mark.parametrize("path", sorted(CLI.glob("*.py")),
                          ids=lambda p: p.stem)
 def test_help_texts_survive_absl(path):
     doc = docstring(path)

@@ -1,7 +1,7 @@
 """Every config value is checked before any work: each numeric key of every config at 0, at a
 negative value and (fractions, probabilities) above 1 is either accepted because the configs
 document what it means, or refused with one problem naming the key. In-process over the rule
-table (fast); a handful of real `python -m gpt1_jax.main` runs show the one `error:` line.
+table (fast); a handful of real `python -m gpt1_jax.cli.main` runs show the one `error:` line.
 """
 import sys
 
@@ -31,6 +31,7 @@ DOCUMENTED_ZERO = {
     "checkpoint.every_secs",            # steps only
     "distributed.num_processes",        # auto-detected
     "distributed.process_id",
+    "harness.limit",                    # every document
     # configs/finetune.py
     "data.max_train_examples", "data.max_eval_examples", "finetune.lm_coef", "finetune.clf_pdrop",
     "finetune.transfer_layers", "finetune.max_len",
@@ -41,7 +42,7 @@ DOCUMENTED_MINUS_ONE = {"mesh.data", "mesh.fsdp", "mesh.tensor", "distributed.pr
                         "finetune.transfer_layers"}
 FINETUNE_MINUS_ONE = {"optimizer.warmup_steps"}
 # Keys a fine-tuning job never reads (the corpus split, the validation batches of pre-training).
-UNREAD_IN_FINETUNE = {"data.val_fraction", "train.eval_batches"}
+UNREAD_IN_FINETUNE = {"data.val_fraction", "train.eval_batches", "harness.limit", "harness.batch_size"}
 IN_UNIT_INTERVAL = {"data.val_fraction", "model.embd_pdrop", "model.attn_pdrop", "model.resid_pdrop",
                     "optimizer.b1", "optimizer.b2", "finetune.clf_pdrop"}
 
@@ -157,7 +158,7 @@ def test_check_raises_one_config_error_listing_every_problem():
 ])
 def test_a_bad_config_is_one_error_line_before_any_work(tmp_path, overrides, expected):
     workdir = tmp_path / "run"
-    argv = [sys.executable, "-m", "gpt1_jax.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+    argv = [sys.executable, "-m", "gpt1_jax.cli.main", "--config=configs/tiny.py", f"--workdir={workdir}",
             *overrides]
     result = jobs.run(argv, expect_ok=False, timeout=120)
     report = jobs.output(result)

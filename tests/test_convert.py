@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import jobs
-from gpt1_jax import assets, convert, perplexity, tokenizers
+from gpt1_jax import assets, convert, tokenizers
 from gpt1_jax import model as model_lib
+from gpt1_jax.evaluation import perplexity
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -20,8 +20,9 @@ import pytest
 
 import jobs
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import rundir, zero_shot
 from gpt1_jax.errors import ConfigError
+from gpt1_jax.evaluation import zero_shot
+from gpt1_jax.storage import rundir
 
 # One schedule for every job (its length is compiled into the train step); runs stop earlier.
 # Four checkpoints kept: resuming from 4 and saving 6 and 8 must not rotate step 2 away,
@@ -230,7 +231,7 @@ def test_evaluating_zero_shot_or_fine_tuning_from_a_damaged_step_is_one_error_li
         # The run's newest step is damaged: its curve cannot be drawn until a resume sets it aside.
         "zero_shot": [sys.executable, "-m", "gpt1_jax.cli.zero_shot", f"--workdir={workdir}",
                       f"--glue_dir={shared_data / 'glue'}", "--max_examples=4"],
-        "finetune": [sys.executable, "-m", "gpt1_jax.main", "--config=configs/finetune.py:sst2",
+        "finetune": [sys.executable, "-m", "gpt1_jax.cli.main", "--config=configs/finetune.py:sst2",
                      f"--workdir={tmp_path / 'finetune'}", f"--config.init_from={step_dir}",
                      f"--config.data.data_dir={shared_data / 'glue'}", "--config.train.progress=False"],
     }

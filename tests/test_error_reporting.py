@@ -1,4 +1,4 @@
-"""How `python -m gpt1_jax.main` ends on a problem: a problem the user can fix (`UserError`)
+"""How `python -m gpt1_jax.cli.main` ends on a problem: a problem the user can fix (`UserError`)
 is one `error: ...` line and status 1; any other exception is a bug and keeps its traceback,
 never dressed up as an `error:` line.
 
@@ -21,7 +21,7 @@ def run_job(config, workdir, stop):
     raise eval(os.environ["GPT1_JAX_TEST_BUG"])
 
 main.run_job = run_job
-sys.argv = ["gpt1_jax.main", *sys.argv[1:]]
+sys.argv = ["gpt1_jax.cli.main", *sys.argv[1:]]
 common.run(main.main)
 """
 

@@ -12,9 +12,10 @@ import optax
 import pytest
 
 import jobs
-from gpt1_jax import loading, perplexity, tokenizers
+from gpt1_jax import loading, tokenizers
 from gpt1_jax import model as model_lib
 from gpt1_jax.data import corpus
+from gpt1_jax.evaluation import perplexity
 
 CFG = model_lib.ModelConfig(vocab_size=40478, n_ctx=16, n_layer=2, n_head=2, d_model=32, d_ff=64)
 

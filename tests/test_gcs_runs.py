@@ -15,7 +15,8 @@ import pytest
 
 import jobs
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import loading, rundir
+from gpt1_jax import loading
+from gpt1_jax.storage import rundir
 
 pytestmark = pytest.mark.slow
 LEASE_TTL_SECS = 3  # the workdir lease of a killed job expires this soon (production: 60)

@@ -16,12 +16,13 @@ pytest.importorskip("lm_eval")
 
 import harness_local_tasks  # noqa: E402
 import jobs  # noqa: E402
-from gpt1_jax import convert, loading, tokenizers, zero_shot  # noqa: E402
+from gpt1_jax import convert, loading, tokenizers  # noqa: E402
 from gpt1_jax import generate as generate_lib  # noqa: E402
 from gpt1_jax import model as model_lib  # noqa: E402
 from gpt1_jax.errors import ConfigError, DataError, UserError  # noqa: E402
-from gpt1_jax.harness import evaluate, scoring  # noqa: E402
-from gpt1_jax.harness import model as harness_model  # noqa: E402
+from gpt1_jax.evaluation import zero_shot
+from gpt1_jax.evaluation.harness import evaluate, scoring  # noqa: E402
+from gpt1_jax.evaluation.harness import model as harness_model  # noqa: E402
 
 CFG = model_lib.ModelConfig(vocab_size=40478, n_ctx=128, n_layer=2, n_head=2, d_model=32, d_ff=128)
 SHARED_DATA = jobs.REPO.parent / "shared" / "data"

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from gpt1_jax import config_files, optim, settings, train_state
+from gpt1_jax import config_files, optim, settings
 from gpt1_jax import model as model_lib
 from gpt1_jax import sharding as sharding_lib
+from gpt1_jax.train import train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Logical axes of each parameter (model.py) and the mesh axes the default rules give them

@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 
 import jobs
-from gpt1_jax import stopping
+from gpt1_jax.train import stopping
 
 SCHEMA = jobs.REPO / "tests" / "data" / "jobset" / "jobset_v1alpha2_schema.json"
 GKE = [sys.executable, "launch/gke.py", "render"]

@@ -126,7 +126,7 @@ def test_a_container_image_and_per_task_logs_go_to_srun(slurm, tmp_path):
     assert call["options"]["--container-image"] == "ghcr.io/x/gpt1-jax:cuda"
     assert f"{tmp_path / 'runs'}:{tmp_path / 'runs'}" in call["options"]["--container-mounts"]
     assert call["options"]["--output"] == f"{workdir}/logs/slurm-{env['SLURM_JOB_ID']}.0/task-%t.log"
-    assert call["command"][:4] == ["python", "-m", "gpt1_jax.main", "--config=configs/tiny.py"]
+    assert call["command"][:4] == ["python", "-m", "gpt1_jax.cli.main", "--config=configs/tiny.py"]
     assert "--config.distributed.local_device_ids=0" in call["command"]
 
 

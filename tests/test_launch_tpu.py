@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import jobs
-from gpt1_jax import rundir
+from gpt1_jax.storage import rundir
 
 STANDINS = jobs.REPO / "tests" / "standins"
 LAUNCHER = [sys.executable, "launch/tpu.py"]

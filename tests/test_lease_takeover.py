@@ -8,8 +8,8 @@ import pytest
 
 import jobs
 from gcs import BUCKET
-from gpt1_jax import stopping
-from gpt1_jax import workdir as workdir_lib
+from gpt1_jax.storage import workdir as workdir_lib
+from gpt1_jax.train import stopping
 
 LEASE_TTL_SECS = 3
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import jobs
-from gpt1_jax import stopping
+from gpt1_jax.train import stopping
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The pretraining job end to end, as users run it: `python -m gpt1_jax.main ...`.
+"""The pretraining job end to end, as users run it: `python -m gpt1_jax.cli.main ...`.
 
 Each job runs in its own process (as a resumed job would), on a tiny model over a
 slice of one bundled book.
@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import jobs
-from gpt1_jax import stopping
+from gpt1_jax.train import stopping
 
 
 def run_job(corpus, workdir, *overrides, devices=1, expect_ok=True):

@@ -163,8 +163,8 @@ def test_a_pretraining_run_reports_its_reference_levels_picture_and_text(pretrai
     train/validation split, curves.png is a PNG, and the end-of-run continuations are there."""
     import matplotlib.image
 
-    from gpt1_jax import rundir
     from gpt1_jax.data import corpus
+    from gpt1_jax.storage import rundir
     summary = json.loads((pretrained / rundir.SUMMARY).read_text())
     [cache_json] = [p for p in (pretrained / "cache").glob("*.json") if ".reference." not in p.name]
     tokens = np.load(cache_json.with_suffix(".npy"))

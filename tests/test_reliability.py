@@ -1,6 +1,6 @@
 """Reliability (issue #6): preemption, crashes, non-finite steps, bad input, one job per workdir.
 
-Job-level tests run `python -m gpt1_jax.main` in fresh processes, as a user or a scheduler
+Job-level tests run `python -m gpt1_jax.cli.main` in fresh processes, as a user or a scheduler
 would, on a tiny model over a slice of one book. Faults come from outside, as they would in
 production: signals, SIGKILL, a corrupted token cache, a file-size limit, a lock held by
 another process; the product has no test hooks. All jobs share one step count (runs end at
@@ -29,8 +29,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jobs
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import config_files, loop, stopping, tokenizers, train_state
-from gpt1_jax import workdir as workdir_lib
+from gpt1_jax import config_files, tokenizers
+from gpt1_jax.storage import workdir as workdir_lib
+from gpt1_jax.train import loop, stopping, train_state
 
 # One schedule for every job (its length is compiled into the train step); runs stop earlier.
 STEPS = ["--config.train.num_steps=100000"]

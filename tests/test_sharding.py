@@ -5,8 +5,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from gpt1_jax import model as model_lib
-from gpt1_jax import optim, train_state
+from gpt1_jax import optim
 from gpt1_jax import sharding as sharding_lib
+from gpt1_jax.train import train_state
 
 CFG = model_lib.ModelConfig(vocab_size=98, n_ctx=16, n_layer=2, n_head=4, d_model=32, d_ff=64)
 

@@ -4,7 +4,7 @@ other processes read it from there and never tokenize, nor hash the corpus thems
 import pytest
 
 import jobs
-from gpt1_jax import rundir
+from gpt1_jax.storage import rundir
 
 pytestmark = pytest.mark.slow
 

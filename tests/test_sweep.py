@@ -38,7 +38,7 @@ def _legacy_commands(config, root, grid, fixed):
         assignment = dict(zip(keys, values))
         name = _legacy_run_name(assignment)
         workdir = pathlib.Path(root) / name
-        argv = [sys.executable, "-m", "gpt1_jax.main", f"--config={config}", f"--workdir={workdir}"]
+        argv = [sys.executable, "-m", "gpt1_jax.cli.main", f"--config={config}", f"--workdir={workdir}"]
         argv += [f"--config.{k}={v}" for k, v in assignment.items()]
         argv += [f"--config.{item}" for item in fixed]
         yield name, workdir, argv

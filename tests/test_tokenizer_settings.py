@@ -5,10 +5,11 @@ import json
 
 import pytest
 
-from gpt1_jax import rundir, tokenizers
+from gpt1_jax import tokenizers
 from gpt1_jax.data import corpus as corpus_lib
 from gpt1_jax.data import prepare
 from gpt1_jax.errors import ConfigError
+from gpt1_jax.storage import rundir
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from gpt1_jax import model as model_lib
-from gpt1_jax import optim, run_setup, train_state
+from gpt1_jax import optim
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax.errors import ConfigError
+from gpt1_jax.train import run_setup, train_state
 
 CFG = model_lib.ModelConfig(vocab_size=64, n_ctx=16, n_layer=2, n_head=2, d_model=32, d_ff=64,
                             embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)

@@ -17,12 +17,12 @@ import pytest
 
 import jobs
 from gcs import BUCKET
-from gpt1_jax import workdir as workdir_lib
+from gpt1_jax.storage import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HOLD = """
 import sys, time
-from gpt1_jax import workdir
+from gpt1_jax.storage import workdir
 lock = workdir.WorkdirLock(sys.argv[1], ttl_secs=float(sys.argv[2]))
 lock.acquire()
 print("locked", flush=True)
@@ -68,7 +68,7 @@ def test_without_flock_support_the_job_warns_and_runs_unlocked(tmp_path, monkeyp
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
     monkeypatch.setattr(fcntl, "flock", no_flock)
     workdir = tmp_path / "nfs3"
-    with caplog.at_level(logging.WARNING, logger="gpt1_jax.workdir"), \
+    with caplog.at_level(logging.WARNING, logger="gpt1_jax.storage.workdir"), \
             workdir_lib.WorkdirLock(workdir):
         assert f"pid {os.getpid()} " in (workdir / workdir_lib.LOCK_FILE).read_text()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -110,7 +110,7 @@ def test_a_job_in_a_workdir_without_a_lock_is_one_error_line(url, tmp_path):
     # Run from an empty folder (the repository on PYTHONPATH): a local `s3:` or `hdfs:` folder
     # would appear there.
     result = subprocess.run(
-        [sys.executable, "-m", "gpt1_jax.main", f"--config={REPO / 'configs' / 'tiny.py'}", f"--workdir={url}"],
+        [sys.executable, "-m", "gpt1_jax.cli.main", f"--config={REPO / 'configs' / 'tiny.py'}", f"--workdir={url}"],
         cwd=tmp_path, env=jobs.env(PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, jobs.output(result)
     lines = result.stderr.strip().splitlines()
@@ -159,7 +159,7 @@ def test_gs_lease_of_a_killed_job_is_taken_over_after_its_ttl(gcs_bucket_url, ca
     refusals = 0
     while True:
         try:
-            with caplog.at_level(logging.WARNING, logger="gpt1_jax.workdir"):
+            with caplog.at_level(logging.WARNING, logger="gpt1_jax.storage.workdir"):
                 taker.acquire()
             break
         except workdir_lib.WorkdirLockedError:
@@ -195,7 +195,7 @@ def test_gs_lease_renewal_keeps_a_live_holder_and_reports_a_takeover(gcs_bucket_
         intruder = {"pid": 1, "host": "elsewhere", "started": "then",
                     "expires_at": time.time() + 600}
         blob.upload_from_string(json.dumps(intruder), if_generation_match=blob.generation)
-        with caplog.at_level(logging.ERROR, logger="gpt1_jax.workdir"):
+        with caplog.at_level(logging.ERROR, logger="gpt1_jax.storage.workdir"):
             deadline = time.time() + 3 * ttl
             while not holder.lost() and time.time() < deadline:
                 time.sleep(0.1)

@@ -12,8 +12,8 @@ import pytest
 
 import jobs
 from gpt1_jax import model as model_lib
-from gpt1_jax import zero_shot
 from gpt1_jax.data.tasks import Example
+from gpt1_jax.evaluation import zero_shot
 
 CFG = model_lib.ModelConfig(vocab_size=40, n_ctx=32, n_layer=1, n_head=2, d_model=16, d_ff=32)
 

@@ -1,4 +1,4 @@
-"""Language-model evaluation of a text: mean next-token NLL and perplexity (gpt1_jax/perplexity.py).
+"""Language-model evaluation of a text: mean next-token NLL and perplexity (gpt1_jax/evaluation/perplexity.py).
 
     python -m gpt1_jax.cli.evaluate_lm --init_from=runs/demo --text=book.txt
     python -m gpt1_jax.cli.evaluate_lm --init_from=gs://bucket/runs/gpt1 --tfds=lm1b --tfds_split=test
@@ -13,10 +13,11 @@ import time
 
 from absl import app, flags
 
-from gpt1_jax import loading, perplexity
+from gpt1_jax import loading
 from gpt1_jax.cli import common
 from gpt1_jax.data import corpus as corpus_lib
 from gpt1_jax.errors import ConfigError
+from gpt1_jax.evaluation import perplexity
 
 _INIT_FROM = flags.DEFINE_string("init_from", None, "A params export, workdir or training checkpoint "
                                  "(local or gs://).", required=True)

@@ -1,4 +1,4 @@
-r"""Evaluates a model on lm-evaluation-harness tasks (gpt1_jax/harness/).
+r"""Evaluates a model on lm-evaluation-harness tasks (gpt1_jax/evaluation/harness/).
 
     python -m gpt1_jax.cli.harness --init_from=runs/demo --tasks=gpt1_sst2,gpt1_story_cloze
     python -m gpt1_jax.cli.harness --init_from=gs://bucket/runs/gpt1/export --tasks=... --output_dir=out
@@ -41,7 +41,7 @@ _HF_EXPORT = flags.DEFINE_string("hf_export", "", "With --bench: also time the h
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from gpt1_jax.harness import evaluate, model  # the harness is an extra: imported when used
+    from gpt1_jax.evaluation.harness import evaluate, model  # the harness is an extra: imported when used
     try:
         metadata = json.loads(_METADATA.value or "{}")
     except json.JSONDecodeError as e:

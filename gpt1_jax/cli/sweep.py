@@ -5,7 +5,7 @@ r"""A study of ordinary jobs with Optuna: parallel trials, pruning, a study that
     python -m gpt1_jax.cli.sweep --study=... --root=runs/sweep --best      # evaluate the best trial
     python -m gpt1_jax.cli.sweep --study=... --root=runs/sweep --results   # tables and plots only
 
-Each trial is `python -m gpt1_jax.main --config=<job> --workdir=ROOT/<trial> --config.KEY=VALUE ...`,
+Each trial is `python -m gpt1_jax.cli.main --config=<job> --workdir=ROOT/<trial> --config.KEY=VALUE ...`,
 run by the study's launcher (local processes, a SLURM array). The study's journal, the trials'
 commands, logs and exit records are in ROOT/_sweep/ (gs:// roots: in --state_dir). Start the
 same command again after the controller died: it reruns no finished trial, adopts the running
@@ -18,9 +18,10 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from gpt1_jax import loading, rundir
+from gpt1_jax import loading
 from gpt1_jax.cli import common
 from gpt1_jax.errors import ConfigError
+from gpt1_jax.storage import rundir
 from gpt1_jax.sweeps import controller, launchers
 from gpt1_jax.sweeps import definition as definition_lib
 
@@ -40,7 +41,7 @@ def eval_argv(study: definition_lib.Study, best_workdir: str, workdir) -> list[s
     """Eval mode of the job config on the best trial's fine-tuned model (its task's evaluation
     splits), with the study's data overrides but not its own `init_from`."""
     keep = [o for o in study.overrides if o.split("=", 1)[0] not in ("init_from", "mode")]
-    return [sys.executable, "-m", "gpt1_jax.main", f"--config={study.job_config}", f"--workdir={workdir}",
+    return [sys.executable, "-m", "gpt1_jax.cli.main", f"--config={study.job_config}", f"--workdir={workdir}",
             "--config.mode=eval", f"--config.init_from={best_workdir}", *[f"--config.{o}" for o in keep]]
 
 

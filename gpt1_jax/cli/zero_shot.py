@@ -4,15 +4,16 @@ r"""Zero-shot curves over a pre-training run's checkpoints (GPT-1 §5, Figure 2 
         [--race_dir=... --dprd_file=... --max_examples=500]
 
 Writes `<workdir>/zero_shot.json` and `<workdir>/zero_shot.png` (the workdir may be gs://);
-the evaluators are in gpt1_jax/zero_shot.py.
+the evaluators are in gpt1_jax/evaluation/zero_shot.py.
 """
 import json
 
 from absl import app, flags
 
-from gpt1_jax import rundir, zero_shot
 from gpt1_jax.cli import common
 from gpt1_jax.errors import ConfigError
+from gpt1_jax.evaluation import zero_shot
+from gpt1_jax.storage import rundir
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A pre-training workdir with checkpoints.", required=True)
 _GLUE_DIR = flags.DEFINE_string("glue_dir", None, "GLUE data (CoLA, SST-2).")

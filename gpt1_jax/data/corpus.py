@@ -29,8 +29,8 @@ from typing import Any, Protocol
 import grain
 import numpy as np
 
-from gpt1_jax import rundir
 from gpt1_jax.errors import DataError
+from gpt1_jax.storage import rundir
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,10 @@ import logging
 import jax
 import numpy as np
 
-from gpt1_jax import checkpoint, distributed, rundir, tokenizers
+from gpt1_jax import checkpoint, distributed, tokenizers
 from gpt1_jax.data import corpus as corpus_lib
 from gpt1_jax.errors import ConfigError, DataError
+from gpt1_jax.storage import rundir
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import pathlib
 
 import numpy as np
 
-from gpt1_jax import rundir
+from gpt1_jax.storage import rundir
 
 log = logging.getLogger(__name__)
 

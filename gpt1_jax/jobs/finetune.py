@@ -16,26 +16,17 @@ import jax.numpy as jnp
 import ml_collections
 
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import (
-    evaluate,
-    heads,
-    loading,
-    optim,
-    plots,
-    run_setup,
-    rundir,
-    settings,
-    stopping,
-    tokenizers,
-    train_state,
-)
-from gpt1_jax import loop as loop_lib
+from gpt1_jax import heads, loading, optim, plots, settings, tokenizers
 from gpt1_jax import model as model_lib
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax.data import task_data as task_data_lib
 from gpt1_jax.data import tasks as tasks_lib
 from gpt1_jax.errors import ConfigError
+from gpt1_jax.evaluation import evaluate
 from gpt1_jax.jobs import finish
+from gpt1_jax.storage import rundir
+from gpt1_jax.train import loop as loop_lib
+from gpt1_jax.train import run_setup, stopping, train_state
 
 N_SPECIAL = len(tokenizers.SPECIAL_TOKENS)   # start, delimiter, classify
 

@@ -12,8 +12,9 @@ from typing import Any
 
 import jax
 
-from gpt1_jax import loading, rundir
+from gpt1_jax import loading
 from gpt1_jax import model as model_lib
+from gpt1_jax.storage import rundir
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,19 +13,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from gpt1_jax import (
-    demo_text,
-    optim,
-    plots,
-    reporting,
-    run_setup,
-    rundir,
-    settings,
-    stopping,
-    tokenizers,
-)
+from gpt1_jax import demo_text, optim, plots, reporting, settings, tokenizers
 from gpt1_jax import generate as generate_lib
-from gpt1_jax import loop as loop_lib
 from gpt1_jax import model as model_lib
 from gpt1_jax import sharding as sharding_lib
 from gpt1_jax.data import corpus as corpus_lib
@@ -33,6 +22,9 @@ from gpt1_jax.data import prepare
 from gpt1_jax.data import reference as reference_lib
 from gpt1_jax.errors import ConfigError
 from gpt1_jax.jobs import finish
+from gpt1_jax.storage import rundir
+from gpt1_jax.train import loop as loop_lib
+from gpt1_jax.train import run_setup, stopping
 
 
 @dataclasses.dataclass
@@ -69,7 +61,7 @@ def run(config: ml_collections.ConfigDict, workdir, stop: stopping.StopRequested
             lambda rows: corpus_lib.gather_windows(tokens, seq_len, window_ids_B[rows]),
             run_.batch_sharding, (batch_size, seq_len + 1))
 
-    harness = settings.harness_evaluator(config, mcfg, data.tokenizer)
+    harness = _harness_evaluator(config, mcfg, data.tokenizer)
 
     def evaluate(params) -> dict:
         losses = [float(run_.eval_step(params, to_global(data.val_tokens, ids))["loss"])
@@ -111,6 +103,23 @@ def run(config: ml_collections.ConfigDict, workdir, stop: stopping.StopRequested
         if config.train.sample_tokens > 0 else None
     return finish.finish(workdir, state, last, finish.Ending(
         data.num_steps, started, mcfg, data.tokenizer, values, when_finished=sample))
+
+
+def _harness_evaluator(config: ml_collections.ConfigDict, model_config, tokenizer):
+    """params -> {"harness/<task>/<metric>": value} for `harness.tasks`, or None when none are set."""
+    h = config.get("harness")
+    if h is None or not h.tasks.strip():
+        return None
+    if jax.process_count() > 1:
+        raise ConfigError("harness.tasks: harness evaluation during training runs in one process only; "
+                          "evaluate the run's checkpoints with `python -m gpt1_jax.cli.harness` instead")
+    try:
+        from gpt1_jax.evaluation.harness import evaluate as harness_lib
+    except ImportError as e:
+        raise ConfigError(f"harness.tasks needs lm-eval: pip install \".[harness]\" ({e})") from e
+    split = lambda text: [part.strip() for part in text.split(",") if part.strip()]
+    return harness_lib.PretrainingEvaluator(model_config, tokenizer, split(h.tasks), limit=h.limit or None,
+                                            batch_size=h.batch_size, include_paths=split(h.include_path))
 
 
 def _corpus(config: ml_collections.ConfigDict, workdir) -> _Corpus:

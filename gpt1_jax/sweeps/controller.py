@@ -17,9 +17,11 @@ import time
 
 import optuna
 
-from gpt1_jax import plots, rundir, stopping
+from gpt1_jax import plots
 from gpt1_jax.errors import ConfigError
+from gpt1_jax.storage import rundir
 from gpt1_jax.sweeps import definition as definition_lib
+from gpt1_jax.train import stopping
 
 JOURNAL = "study.journal"
 STATE_DIR = "_sweep"          # beside the trials' workdirs: the journal, trial specs, logs, exit records

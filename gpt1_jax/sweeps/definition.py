@@ -18,8 +18,9 @@ import sys
 import ml_collections
 import optuna
 
-from gpt1_jax import config_files, rundir
+from gpt1_jax import config_files
 from gpt1_jax.errors import ConfigError
+from gpt1_jax.storage import rundir
 
 STUDY_KEYS = ("name", "job", "space", "objective", "intermediate", "sampler", "pruner", "num_trials",
               "parallel", "enqueue", "launcher")
@@ -105,7 +106,7 @@ class Study:
 
     def trial_argv(self, workdir, params: dict) -> list[str]:
         """The command a user would run for this trial."""
-        argv = [sys.executable, "-m", "gpt1_jax.main", f"--config={self.job_config}", f"--workdir={workdir}"]
+        argv = [sys.executable, "-m", "gpt1_jax.cli.main", f"--config={self.job_config}", f"--workdir={workdir}"]
         argv += [f"--config.{p.key}={params[p.key]}" for p in self.space]
         return argv + [f"--config.{item}" for item in self.overrides]
 

@@ -36,14 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt1_jax import model as model_lib
-from gpt1_jax import (
-    optim,
-    reporting,
-    settings,
-    train_state,
-)
-from gpt1_jax import run_setup as run_setup_lib
+from gpt1_jax import optim, reporting, settings
 from gpt1_jax.errors import ConfigError, UserError
+from gpt1_jax.train import run_setup as run_setup_lib
+from gpt1_jax.train import train_state
 
 GIB = 2 ** 30
 

@@ -141,8 +141,8 @@ def project_session(opts: Options) -> Session:
 
     from gpt1_jax import model as model_lib
     from gpt1_jax import optim, reporting
-    from gpt1_jax import run_setup as run_setup_lib
     from gpt1_jax import sharding as sharding_lib
+    from gpt1_jax.train import run_setup as run_setup_lib
     baseline = _rss_bytes()
     shape = SHAPES[opts.shape]
     device = jax.devices()[0]

@@ -1,6 +1,6 @@
 """Data and metrics of the paper's zero-shot heuristics (GPT-1 §5, Figure 2) as harness tasks.
 
-Each task reads the same examples as `python -m gpt1_jax.cli.zero_shot` (gpt1_jax/zero_shot.py
+Each task reads the same examples as `python -m gpt1_jax.cli.zero_shot` (gpt1_jax/evaluation/zero_shot.py
 `load_zero_shot_data`: the same files, `max_examples` subset and seed) and scores them the same
 way: by the MEAN log-probability per token of a continuation, where the harness's built-in
 metrics use the sum. A mean needs each continuation's token count under the evaluated model's
@@ -19,8 +19,10 @@ import os
 import datasets
 import numpy as np
 
-from gpt1_jax import loading, metrics, rundir, tokenizers, zero_shot
+from gpt1_jax import loading, metrics, tokenizers
 from gpt1_jax.errors import ConfigError, DataError
+from gpt1_jax.evaluation import zero_shot
+from gpt1_jax.storage import rundir
 
 ENV = {"glue_dir": "GPT1_JAX_GLUE_DIR", "story_cloze_dir": "GPT1_JAX_STORY_CLOZE_DIR"}
 

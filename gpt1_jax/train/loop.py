@@ -17,8 +17,8 @@ import numpy as np
 
 from gpt1_jax import distributed
 from gpt1_jax.errors import UserError
-from gpt1_jax.stopping import StopRequested
-from gpt1_jax.train_state import TrainState
+from gpt1_jax.train.stopping import StopRequested
+from gpt1_jax.train.train_state import TrainState
 
 
 @dataclasses.dataclass

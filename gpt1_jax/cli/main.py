@@ -1,6 +1,6 @@
 r"""Entry point of every job: flags -> config -> the job its `mode` names.
 
-    python -m gpt1_jax.main --config=configs/demo.py --workdir=runs/demo \
+    python -m gpt1_jax.cli.main --config=configs/demo.py --workdir=runs/demo \
         [--config.train.num_steps=100 --config.train.batch_size=8 ...]
 
 The workdir may be local or gs://. Around the job: the multi-process runtime (when the
@@ -27,8 +27,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from gpt1_jax import config_rules, distributed, rundir, stopping
+    from gpt1_jax import config_rules, distributed
     from gpt1_jax.errors import UserError
+    from gpt1_jax.storage import rundir
+    from gpt1_jax.train import stopping
     config = _CONFIG.value
     config_rules.check(config)  # before any work: a bad value never costs a compile or a run
     dist = config.distributed
@@ -62,7 +64,7 @@ def _workdir_lock(workdir, stop):
     takes over fails the job at its next step (`stop.abort`), before another checkpoint."""
     import jax
 
-    from gpt1_jax import workdir as workdir_lib
+    from gpt1_jax.storage import workdir as workdir_lib
     if jax.process_index() != 0:
         return contextlib.nullcontext()
     return workdir_lib.WorkdirLock(workdir, on_lost=stop.abort)

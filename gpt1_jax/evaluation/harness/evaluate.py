@@ -20,10 +20,12 @@ import lm_eval  # noqa: E402  (after the offline switches: datasets reads them o
 import lm_eval.utils  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from gpt1_jax import harness, loading, rundir  # noqa: E402
+from gpt1_jax import loading  # noqa: E402
 from gpt1_jax import model as model_lib  # noqa: E402
 from gpt1_jax.errors import ConfigError, DataError  # noqa: E402
-from gpt1_jax.harness import model as harness_model  # noqa: E402
+from gpt1_jax.evaluation import harness  # noqa: E402
+from gpt1_jax.evaluation.harness import model as harness_model  # noqa: E402
+from gpt1_jax.storage import rundir  # noqa: E402
 
 RESULTS_DIR = "harness"   # inside the evaluated run directory
 

@@ -4,7 +4,7 @@ Each document is read in windows of n_ctx tokens. Every token but a document's f
 predicted exactly once: with a stride of n_ctx the windows do not overlap (as in
 pre-training), so a window's first targets see little context; a smaller stride re-reads
 the last n_ctx - stride tokens of the previous window as context and scores only the new
-ones. The windows are scored by gpt1_jax/harness/scoring.py, as the harness's requests are:
+ones. The windows are scored by gpt1_jax/evaluation/harness/scoring.py, as the harness's requests are:
 batched, padded to a few length buckets, split over the local devices. The command line is
 gpt1_jax/cli/evaluate_lm.py.
 """
@@ -15,7 +15,7 @@ import numpy as np
 
 from gpt1_jax import model as model_lib
 from gpt1_jax.errors import ConfigError
-from gpt1_jax.harness import scoring
+from gpt1_jax.evaluation.harness import scoring
 
 
 def windows(tokens: Sequence[int], n_ctx: int, stride: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -1,5 +1,5 @@
 """The lm-evaluation-harness model `gpt1_jax`: any `init_from` this project loads, scored with
-its own tokenizer by gpt1_jax/harness/scoring.py.
+its own tokenizer by gpt1_jax/evaluation/harness/scoring.py.
 
     lm = GPT1LM(init_from="runs/demo", batch_size=32)
     lm_eval.simple_evaluate(model=lm, tasks=["gpt1_sst2"])
@@ -16,10 +16,11 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from gpt1_jax import generate as generate_lib
-from gpt1_jax import harness, loading
+from gpt1_jax import loading
 from gpt1_jax.checkpoint import CheckpointError
 from gpt1_jax.errors import ConfigError
-from gpt1_jax.harness import scoring
+from gpt1_jax.evaluation import harness
+from gpt1_jax.evaluation.harness import scoring
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ import io
 import jax
 import numpy as np
 
-from gpt1_jax import metrics, rundir
+from gpt1_jax import metrics
 from gpt1_jax.data import task_data as task_data_lib
+from gpt1_jax.storage import rundir
 
 
 def predict(model, params, arrays: dict, batch_size: int) -> np.ndarray:

@@ -53,8 +53,8 @@ import time
 import uuid
 from collections.abc import Callable
 
-from gpt1_jax import gcs_objects, rundir
 from gpt1_jax.errors import UserError
+from gpt1_jax.storage import gcs_objects, rundir
 
 LOCK_FILE = ".lock"
 DEFAULT_LEASE_TTL_SECS = 60.0

@@ -23,10 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from gpt1_jax import checkpoint as checkpoint_lib
-from gpt1_jax import loading, metrics, plots, rundir, tokenizers
+from gpt1_jax import loading, metrics, plots, tokenizers
 from gpt1_jax import model as model_lib
 from gpt1_jax.data import tasks as tasks_lib
 from gpt1_jax.errors import ConfigError
+from gpt1_jax.storage import rundir
 
 # The chance level of each task's metric, drawn as the baseline in the figure.
 RANDOM_BASELINE = {"cola": 0.0, "sst2": 0.5, "story_cloze": 0.5, "race": 0.25, "dprd": 0.5}

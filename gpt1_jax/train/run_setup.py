@@ -17,8 +17,8 @@ import optax
 from jax.sharding import Mesh
 
 from gpt1_jax import sharding as sharding_lib
-from gpt1_jax import train_state
 from gpt1_jax.errors import ConfigError
+from gpt1_jax.train import train_state
 
 
 @dataclasses.dataclass(frozen=True)
