@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jobs
-from gpt1_jax import heads
+from gpt1_jax import config_files, heads
 from gpt1_jax import model as model_lib
 from gpt1_jax.jobs import finetune
 
@@ -149,3 +149,29 @@ def test_an_unknown_task_is_an_error_naming_the_known_ones(tmp_path):
     result = jobs.main("--config=configs/finetune.py:sst3", f"--workdir={tmp_path}", expect_ok=False)
     [line] = result.stderr.strip().splitlines()  # one line, no traceback
     assert result.returncode == 1 and line.startswith("error: config task='sst3'") and "'sst2'" in line
+
+
+def test_init_from_a_fine_tuned_model_names_the_cause(tmp_path):
+    from gpt1_jax import loading, tokenizers
+    from gpt1_jax.checkpoint import CheckpointError
+    from gpt1_jax.jobs import finetune
+    mcfg = model_lib.ModelConfig(vocab_size=40478, n_ctx=16, n_layer=1, n_head=2, d_model=16, d_ff=32)
+    params = nn.meta.unbox(model_lib.GPT1(mcfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    loading.write_export(tmp_path / "export", params, dataclasses.asdict(mcfg), tokenizers.gpt1_bpe_tokenizer(),
+                         task={"task": "sst2", "max_len": 8})
+    config = config_files.load(jobs.REPO / "configs" / "finetune.py", "cola")
+    config.init_from = str(tmp_path / "export")
+    with pytest.raises(CheckpointError, match="is a model fine-tuned on 'sst2', not a language model"):
+        finetune.run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_fine_tuning_into_a_pretraining_workdir_names_the_cause(pretrained):
+    from gpt1_jax.errors import ConfigError
+    from gpt1_jax.jobs import finetune
+    before = {p: p.stat().st_mtime_ns for p in pretrained.rglob("*") if p.is_file()}
+    config = config_files.load(jobs.REPO / "configs" / "finetune.py", "sst2")
+    config.init_from = str(pretrained)
+    with pytest.raises(ConfigError, match="holds the checkpoints of a pre-training run .*fine-tune into a new workdir"):
+        finetune.run(config, pretrained)
+    assert {p: p.stat().st_mtime_ns for p in pretrained.rglob("*") if p.is_file()} == before

@@ -69,6 +69,7 @@ def run(config: ml_collections.ConfigDict, workdir, stop: stopping.StopRequested
     spec = tasks_lib.get_task(config.task)
     start = _starting_model(config)
     mcfg = start.task_config
+    _check_workdir_holds_no_other_run(workdir, spec.name)
     if jax.process_index() == 0:
         rundir.save_tokenizer(start.tokenizer, workdir / rundir.TOKENIZER)
 
@@ -143,9 +144,30 @@ class _Start:
     tokenizer: tokenizers.Tokenizer
 
 
+def _check_workdir_holds_no_other_run(workdir, task: str) -> None:
+    """A workdir whose checkpoints another job wrote (a pre-training run, another task) would be
+    resumed into a model of another shape: say so instead, before anything is written there."""
+    steps = checkpoint_lib.finished_steps(workdir / rundir.CHECKPOINTS)
+    if not steps:
+        return
+    try:
+        recorded = checkpoint_lib.read_meta(workdir / rundir.CHECKPOINTS / str(steps[-1])).get("task")
+    except checkpoint_lib.CheckpointError:
+        return  # a damaged step: the run setup falls back past it, or names it
+    if recorded != task:
+        what = "a pre-training run" if recorded is None else f"a fine-tuning run on {recorded!r}"
+        raise ConfigError(f"workdir {workdir} holds the checkpoints of {what} (step {steps[-1]}), not of "
+                          f"fine-tuning on {task!r}: fine-tune into a new workdir (init_from={workdir} "
+                          f"starts from that run)")
+
+
 def _starting_model(config: ml_collections.ConfigDict) -> _Start:
     """The starting model and its tokenizer, checked against each other."""
     pretrained = loading.find(config.init_from) if config.init_from else None
+    if pretrained is not None and pretrained.task is not None:
+        raise checkpoint_lib.CheckpointError(
+            f"init_from {pretrained.path} is a model fine-tuned on {pretrained.task!r}, not a language "
+            f"model: start from the pre-training run it was fine-tuned from")
     if pretrained is not None:
         base_cfg = loading.model_config(pretrained)
         tokenizer = loading.load_tokenizer(pretrained)
