@@ -119,3 +119,11 @@ def test_every_consumer_reads_the_run_from_gcs(runs, shared_data, tmp_path):
 
     for folder in (jobs.REPO, tmp_path):
         assert not (folder / "gs:").exists(), f"a local gs: folder in {folder}"
+
+
+def test_a_cache_dir_in_a_missing_bucket_is_one_line_naming_the_bucket(corpus, gcs_server, tmp_path):
+    result = jobs.run(jobs.pretrain_argv(corpus, tmp_path / "run", "--config.train.num_steps=2",
+                                         cache_dir="gs://no-such-bucket/cache"), jobs.env(1), expect_ok=False)
+    [line] = [line for line in result.stderr.splitlines() if line.startswith(("error:", "Traceback"))]
+    assert result.returncode == 1 and line.startswith("error: cannot write gs://no-such-bucket/cache/")
+    assert "does the bucket gs://no-such-bucket exist" in line

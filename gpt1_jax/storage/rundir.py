@@ -190,12 +190,27 @@ def remove_temp_files(p) -> int:
     return removed
 
 
+@contextlib.contextmanager
+def _remote_write(p) -> Iterator[None]:
+    """An object store's failed upload as an OSError that names the object and its bucket: the
+    client's own error is often just the request URL (a missing bucket: `error: http://...`)."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001  (gcsfs's HttpError is no OSError)
+        text = os.fspath(p)
+        bucket = text.split("://", 1)[0] + "://" + text.split("://", 1)[1].split("/", 1)[0]
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OSError(f"cannot write {text}: does the bucket {bucket} exist, and may this machine write "
+                      f"to it? ({type(e).__name__}: {cause[:200]})") from e
+
+
 def write_bytes(p, data: bytes) -> None:
     """Writes `data` to `p` whole: readers see the old contents or the new, never part."""
     p = path(p)
     if is_remote(p):
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)  # one object upload
+        with _remote_write(p):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)  # one object upload
         return
     with atomic_local_file(p) as f:
         f.write(data)
@@ -208,9 +223,10 @@ def upload_file(local, p) -> None:
         with open(local, "rb") as source, atomic_local_file(p) as f:
             shutil.copyfileobj(source, f, length=1 << 22)
         return
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with open(local, "rb") as source, p.open("wb") as out:
-        shutil.copyfileobj(source, out, length=1 << 22)
+    with _remote_write(p), open(local, "rb") as source:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with p.open("wb") as out:
+            shutil.copyfileobj(source, out, length=1 << 22)
 
 
 def download_file(p, local) -> None:
