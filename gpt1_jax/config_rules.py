@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 
 import ml_collections
 
+from gpt1_jax import model as model_lib
+from gpt1_jax import optim
 from gpt1_jax.data.tasks import TASKS
 from gpt1_jax.errors import ConfigError
 
@@ -52,8 +54,8 @@ MESH_AXIS = Rule("a positive integer, or -1 (the remaining devices)",
                  lambda v: _is_int(v) and (v >= 1 or v == -1))
 BOOL = Rule("True or False", lambda v: isinstance(v, bool))
 
-# Keys every mode reads. The choices repeat the library's own lists (model.py, optim.py), which
-# check them again where the dataclasses are built; here they are checked before any work.
+# Keys every mode reads. The choices are the library's own lists (model.py, optim.py), checked
+# here before any work and again where the dataclasses are built.
 RULES: dict[str, Rule] = {
     "mode": choice(*MODES),
     "seed": NON_NEGATIVE_INT,
@@ -69,10 +71,10 @@ RULES: dict[str, Rule] = {
     "model.resid_pdrop": PROBABILITY,
     "model.layer_norm_eps": POSITIVE,
     "model.init_std": POSITIVE,
-    "model.attention": choice("einsum", "dot_product"),
+    "model.attention": choice(*model_lib.ATTENTION_IMPLEMENTATIONS),
     "model.attention_block": NON_NEGATIVE_INT,          # 0: one block
     "model.dtype": choice("float32", "bfloat16", "float16"),
-    "model.remat": choice("none", "dots", "block"),
+    "model.remat": choice(*model_lib.REMAT_POLICIES),
     "model.scan_layers": BOOL,
     "data.tokenizer": choice("gpt1_bpe", "sentencepiece"),
     "data.sentencepiece_vocab_size": POSITIVE_INT,
@@ -89,7 +91,7 @@ RULES: dict[str, Rule] = {
     "train.sample_tokens": NON_NEGATIVE_INT,            # 0: no continuations
     "train.progress": BOOL,
     "optimizer.learning_rate": POSITIVE,
-    "optimizer.schedule": choice("warmup_cosine", "warmup_linear", "warmup_constant"),
+    "optimizer.schedule": choice(*optim.SCHEDULES),
     "optimizer.b1": PROBABILITY,
     "optimizer.b2": PROBABILITY,
     "optimizer.eps": POSITIVE,

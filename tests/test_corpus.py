@@ -258,6 +258,13 @@ def take(iterator, n):
     return [next(iterator) for _ in range(n)]
 
 
+def batches(stream_N, global_batch_size, seed, window_ids_iterator=None):
+    """The training batches as the pre-training job reads them: the shuffled window ids, each
+    gathered into `tokens_BxT1` windows of the stream (on one process, every row)."""
+    ids = window_ids_iterator or corpus.make_window_ids_iterator(stream_N, SEQ_LEN, global_batch_size, seed)
+    return (corpus.gather_windows(stream_N, SEQ_LEN, ids_B) for ids_B in ids)
+
+
 def window_ids(batch_BxT1, stream_N):
     """The window index of each row, checking the row is exactly that slice of the stream."""
     position_of = np.argsort(stream_N)
@@ -278,7 +285,7 @@ def test_window_count():
 
 
 def test_windows_are_stream_slices_with_targets_one_ahead(stream_N):
-    batch_BxT1 = next(corpus.make_train_iterator(stream_N, SEQ_LEN, 4, seed=0))
+    batch_BxT1 = next(batches(stream_N, 4, seed=0))
     assert batch_BxT1.shape == (4, SEQ_LEN + 1) and batch_BxT1.dtype == np.int32
     inputs_BxT, targets_BxT = batch_BxT1[:, :-1], batch_BxT1[:, 1:]
     position_of = np.argsort(stream_N)
@@ -288,8 +295,7 @@ def test_windows_are_stream_slices_with_targets_one_ahead(stream_N):
 
 def test_every_window_once_per_epoch_and_epochs_reshuffled(stream_N):
     # 37 windows, batch 4: batches straddle epoch boundaries, nothing is dropped.
-    iterator = corpus.make_train_iterator(stream_N, SEQ_LEN, 4, seed=3)
-    ids = [i for batch in take(iterator, 19) for i in window_ids(batch, stream_N)]
+    ids = [i for batch in take(batches(stream_N, 4, seed=3), 19) for i in window_ids(batch, stream_N)]
     first, second = ids[:37], ids[37:74]
     assert sorted(first) == list(range(37))
     assert sorted(second) == list(range(37))
@@ -297,80 +303,43 @@ def test_every_window_once_per_epoch_and_epochs_reshuffled(stream_N):
 
 
 def test_same_seed_same_batches_different_seed_different(stream_N):
-    a = take(corpus.make_train_iterator(stream_N, SEQ_LEN, 4, seed=1), 6)
-    b = take(corpus.make_train_iterator(stream_N, SEQ_LEN, 4, seed=1), 6)
-    c = take(corpus.make_train_iterator(stream_N, SEQ_LEN, 4, seed=2), 6)
+    a = take(batches(stream_N, 4, seed=1), 6)
+    b = take(batches(stream_N, 4, seed=1), 6)
+    c = take(batches(stream_N, 4, seed=2), 6)
     np.testing.assert_array_equal(np.stack(a), np.stack(b))
     assert not np.array_equal(np.stack(a), np.stack(c))
 
 
 def test_resume_from_saved_state_continues_exactly(stream_N):
-    iterator = corpus.make_train_iterator(stream_N, SEQ_LEN, 4, seed=5)
-    take(iterator, 5)
-    state = json.loads(json.dumps(iterator.get_state()))
-    expected = take(iterator, 3)
-    resumed = corpus.make_train_iterator(stream_N, SEQ_LEN, 4, seed=5)
+    ids = corpus.make_window_ids_iterator(stream_N, SEQ_LEN, 4, seed=5)
+    take(ids, 5)
+    state = json.loads(json.dumps(ids.get_state()))  # as a checkpoint keeps it
+    expected = take(batches(stream_N, 4, 5, ids), 3)
+    resumed = corpus.make_window_ids_iterator(stream_N, SEQ_LEN, 4, seed=5)
     resumed.set_state(state)
-    np.testing.assert_array_equal(np.stack(take(resumed, 3)), np.stack(expected))
+    np.testing.assert_array_equal(np.stack(take(batches(stream_N, 4, 5, resumed), 3)), np.stack(expected))
 
 
-@pytest.mark.parametrize("process_count", [2, 4])
-def test_process_shards_concatenate_to_the_single_process_batch(stream_N, process_count):
-    # 12 steps of 8 windows over 37 windows: crosses two epoch boundaries.
-    single = take(corpus.make_train_iterator(stream_N, SEQ_LEN, 8, seed=7), 12)
-    shards = [take(corpus.make_train_iterator(stream_N, SEQ_LEN, 8, seed=7, process_index=p,
-                                              process_count=process_count), 12)
-              for p in range(process_count)]
-    for step in range(12):
-        assert shards[0][step].shape == (8 // process_count, SEQ_LEN + 1)
-        local = np.concatenate([shard[step] for shard in shards])
-        np.testing.assert_array_equal(local, single[step])
-
-
-def test_resume_with_a_different_process_count(stream_N):
-    single = corpus.make_train_iterator(stream_N, SEQ_LEN, 8, seed=7)
-    take(single, 4)
-    state = single.get_state()
-    expected = next(single)
-    halves = []
-    for p in range(2):
-        iterator = corpus.make_train_iterator(stream_N, SEQ_LEN, 8, seed=7, process_index=p,
-                                              process_count=2)
-        iterator.set_state(state)
-        halves.append(next(iterator))
-    np.testing.assert_array_equal(np.concatenate(halves), expected)
-
-
-def test_bad_process_layout_raises(stream_N):
-    with pytest.raises(ValueError, match="not divisible"):
-        corpus.make_train_iterator(stream_N, SEQ_LEN, 6, seed=0, process_index=0,
-                                   process_count=4)
-    with pytest.raises(ValueError, match="not divisible"):
-        corpus.eval_batches(stream_N, SEQ_LEN, 6, process_count=4)
+def test_a_seed_out_of_range_is_a_data_error(stream_N):
+    with pytest.raises(ValueError, match="seed must be in"):
+        corpus.make_window_ids_iterator(stream_N, SEQ_LEN, 4, seed=-1)
 
 
 # --- validation batches ------------------------------------------------------------------------
 
 
-def test_eval_batches_in_order_and_last_partial_batch_dropped(stream_N):
-    batches = list(corpus.eval_batches(stream_N, SEQ_LEN, 8))
-    assert len(batches) == 4  # 37 windows → 4 full batches of 8, 5 windows dropped
-    ids = [i for batch in batches for i in window_ids(batch, stream_N)]
+def test_eval_windows_in_order_and_last_partial_batch_dropped(stream_N):
+    found = list(corpus.eval_window_ids(len(stream_N), SEQ_LEN, 8))
+    assert len(found) == 4  # 37 windows → 4 full batches of 8, 5 windows dropped
+    ids = [i for ids_B in found for i in window_ids(corpus.gather_windows(stream_N, SEQ_LEN, ids_B), stream_N)]
     assert ids == list(range(32))
-    assert len(list(corpus.eval_batches(stream_N, SEQ_LEN, 8, max_batches=2))) == 2
+    assert len(list(corpus.eval_window_ids(len(stream_N), SEQ_LEN, 8, max_batches=2))) == 2
+    assert corpus.num_eval_batches(len(stream_N), SEQ_LEN, 8) == 4
 
 
-def test_eval_batches_shard_like_training(stream_N):
-    single = list(corpus.eval_batches(stream_N, SEQ_LEN, 8))
-    halves = [list(corpus.eval_batches(stream_N, SEQ_LEN, 8, process_index=p, process_count=2))
-              for p in range(2)]
-    for step, batch in enumerate(single):
-        np.testing.assert_array_equal(np.concatenate([h[step] for h in halves]), batch)
-
-
-def test_eval_batches_error_when_no_full_batch(stream_N):
+def test_eval_windows_error_when_no_full_batch(stream_N):
     with pytest.raises(ValueError, match="fewer than one global batch of 64"):
-        corpus.eval_batches(stream_N, SEQ_LEN, 64)
+        list(corpus.eval_window_ids(len(stream_N), SEQ_LEN, 64))
 
 
 def test_unwrap_lines_joins_wrapped_lines_and_keeps_paragraphs():
@@ -390,7 +359,7 @@ def test_unwrapping_is_part_of_the_cache_identity(tmp_path):
 def test_a_batch_of_one_window_works():
     """grain's endless repeat() has length sys.maxsize; batches of one must still iterate."""
     tokens = np.arange(200, dtype=np.uint16)
-    it = corpus.make_train_iterator(tokens, seq_len=8, global_batch_size=1, seed=0)
-    first = next(it)
+    ids = corpus.make_window_ids_iterator(tokens, seq_len=8, global_batch_size=1, seed=0)
+    first = corpus.gather_windows(tokens, 8, next(ids))
     assert first.shape == (1, 9)
     np.testing.assert_array_equal(first[0, 1:], first[0, :-1] + 1)

@@ -5,12 +5,13 @@ The pipeline, in the order a pretraining job uses it:
     source = TextFilesCorpus(assets.book_files())            # or TfdsCorpus("lm1b")
     cache = build_or_load_token_cache(source, tokenizer, cache_dir)
     train_N, val_N = split_train_val(cache.tokens, val_fraction, seq_len, cache.description)
-    train_it = make_train_iterator(train_N, seq_len, global_batch_size, seed,
-                                   jax.process_index(), jax.process_count())
-    tokens_BxT1 = next(train_it)                              # int32 [B_local, seq_len + 1]
+    ids = make_window_ids_iterator(train_N, seq_len, global_batch_size, seed)   # checkpointable
+    tokens_BxT1 = gather_windows(train_N, seq_len, next(ids)[rows])  # int32 [rows, seq_len + 1]
+    for ids_B in eval_window_ids(len(val_N), seq_len, global_batch_size, max_batches): ...
 
-Every batch is a plain numpy int32 array `tokens_BxT1` of shape [B_local, seq_len + 1]; the model
-reads inputs `tokens_BxT1[:, :-1]` and predicts targets `tokens_BxT1[:, 1:]`.
+Every process builds the same window ids; which `rows` of each global batch it reads is decided
+by the batch sharding (sharding.assemble_batch), so any mesh layout across hosts is fed
+consistently. The model reads inputs `tokens_BxT1[:, :-1]` and predicts targets `tokens_BxT1[:, 1:]`.
 """
 import dataclasses
 import functools
@@ -501,17 +502,6 @@ def steps_per_epoch(n_tokens: int, seq_len: int, global_batch_size: int) -> int:
     return num_train_windows(n_tokens, seq_len) // global_batch_size
 
 
-def _process_rows(global_batch_size: int, process_index: int, process_count: int) -> slice:
-    """This process's contiguous block of rows in the global batch."""
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise DataError(f"bad process_index={process_index} for process_count={process_count}")
-    if global_batch_size % process_count:
-        raise DataError(f"global_batch_size={global_batch_size} is not divisible by "
-                         f"process_count={process_count}")
-    local = global_batch_size // process_count
-    return slice(process_index * local, (process_index + 1) * local)
-
-
 def gather_windows(tokens_N: np.ndarray, seq_len: int, window_ids_B: np.ndarray) -> np.ndarray:
     """[B] window indices → int32 [B, seq_len + 1] token windows."""
     rows = [tokens_N[i * seq_len : i * seq_len + seq_len + 1] for i in window_ids_B.tolist()]
@@ -547,73 +537,18 @@ def make_window_ids_iterator(train_tokens: np.ndarray, seq_len: int, global_batc
     return iter(window_ids.batch(global_batch_size).to_iter_dataset(read_options))
 
 
-def make_train_iterator(train_tokens: np.ndarray, seq_len: int, global_batch_size: int,
-                        seed: int, process_index: int = 0,
-                        process_count: int = 1) -> grain.DatasetIterator:
-    """Endless iterator of contiguous row blocks of the shuffled training batches: process
-    p of P gets rows [p*B/P, (p+1)*B/P) of each global batch as int32 `tokens_BxT1`
-    [B/P, seq_len + 1]. The global batch at step s does not depend on the process count.
-
-    Jobs feed devices through `make_window_ids_iterator` and the batch sharding instead
-    (any mesh layout across hosts); this view is the same data, by rows.
-    """
-    rows = _process_rows(global_batch_size, process_index, process_count)
-    ids = make_window_ids_iterator(train_tokens, seq_len, global_batch_size, seed)
-    return _MappedIterator(ids, lambda ids_B: gather_windows(train_tokens, seq_len, ids_B[rows]))
-
-
-class _MappedIterator:
-    """`fn` over an iterator's items, keeping the iterator's checkpointable state."""
-
-    def __init__(self, iterator, fn):
-        self._iterator, self._fn = iterator, fn
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self._fn(next(self._iterator))
-
-    def get_state(self):
-        return self._iterator.get_state()
-
-    def set_state(self, state) -> None:
-        self._iterator.set_state(state)
-
-
 def num_eval_batches(n_tokens: int, seq_len: int, global_batch_size: int,
                      max_batches: int | None = None) -> int:
-    """How many batches `eval_batches` yields for these arguments."""
+    """How many batches `eval_window_ids` yields for these arguments."""
     count = num_train_windows(n_tokens, seq_len) // global_batch_size
     return count if max_batches is None else min(count, max_batches)
 
 
-def eval_batches(val_tokens: np.ndarray, seq_len: int, global_batch_size: int,
-                 max_batches: int | None = None, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[np.ndarray]:
-    """The validation windows in order, as this process's rows of each global batch.
-
-    Same window layout and per-process row slicing as training, no shuffle. The last partial
-    global batch is dropped so every eval step has one shape (no recompilation) and every
-    process runs the same number of steps; at most global_batch_size - 1 windows are skipped.
-
-    Yields:
-        int32 numpy arrays `tokens_BxT1`, shape [global_batch_size // process_count, seq_len + 1].
-    """
-    rows = _process_rows(global_batch_size, process_index, process_count)
-    count = num_eval_batches(int(val_tokens.shape[0]), seq_len, global_batch_size, max_batches)
-    if count == 0 and max_batches != 0:
-        raise DataError(
-            f"{val_tokens.shape[0]:,} validation tokens hold "
-            f"{num_train_windows(int(val_tokens.shape[0]), seq_len)} windows of {seq_len + 1} "
-            f"tokens, fewer than one global batch of {global_batch_size}")
-    return _eval_generator(val_tokens, seq_len, global_batch_size, rows, count)
-
-
 def eval_window_ids(n_tokens: int, seq_len: int, global_batch_size: int,
                     max_batches: int | None = None) -> Iterator[np.ndarray]:
-    """The validation batches' window indices in order, int64 [global_batch_size] each
-    (same count as `eval_batches`)."""
+    """The validation batches' window indices in order, int64 [global_batch_size] each: the
+    windows in stream order, no shuffle; the last partial batch is dropped so every evaluation
+    step has one shape (no recompilation), skipping at most global_batch_size - 1 windows."""
     count = num_eval_batches(n_tokens, seq_len, global_batch_size, max_batches)
     if count == 0 and max_batches != 0:
         raise DataError(
@@ -621,10 +556,3 @@ def eval_window_ids(n_tokens: int, seq_len: int, global_batch_size: int,
             f"of {seq_len + 1} tokens, fewer than one global batch of {global_batch_size}")
     for step in range(count):
         yield np.arange(step * global_batch_size, (step + 1) * global_batch_size)
-
-
-def _eval_generator(val_tokens, seq_len, global_batch_size, rows, count):
-    # Apart from eval_batches so that bad arguments raise at the call, not at the first next().
-    for step in range(count):
-        window_ids_B = np.arange(step * global_batch_size, (step + 1) * global_batch_size)
-        yield gather_windows(val_tokens, seq_len, window_ids_B[rows])
