@@ -14,7 +14,7 @@ import jobs
 # argv[1:] are the job's flags; run_job raises the exception named by GPT1_JAX_TEST_BUG.
 PLANTED_BUG = """
 import os, sys
-from gpt1_jax import main
+from gpt1_jax.cli import main
 from gpt1_jax.cli import common
 
 def run_job(config, workdir, stop):
