@@ -250,7 +250,7 @@ py() { PYTHONPATH=$code "$code/.venv/bin/python" "$@"; }
 ship_log() {
     # The log into WORKDIR/logs/LAUNCH/, through the job's own storage layer (gs:// or a disk).
     [[ -f $log ]] || return 0
-    py -c 'import sys; from gpt1_jax import rundir
+    py -c 'import sys; from gpt1_jax.storage import rundir
 rundir.write_bytes(rundir.path(sys.argv[1]) / "logs" / sys.argv[2] / f"worker-{sys.argv[3]}.log",
                    open(sys.argv[4], "rb").read())' "$workdir" "$1" "$(worker_id)" "$log" 2>/dev/null || true
 }
@@ -338,7 +338,7 @@ state() {
     else job_state=absent; fi
     progress=""
     if [[ ${1:-} == progress && $(worker_id) == 0 ]]; then
-        progress=$(py -c 'import json, sys; from gpt1_jax import rundir
+        progress=$(py -c 'import json, sys; from gpt1_jax.storage import rundir
 d = rundir.path(sys.argv[1])
 m, s = d / rundir.METRICS, d / rundir.SUMMARY
 steps = [json.loads(r).get("step", 0) for r in m.read_text().split("\n")[:-1]] if m.exists() else []

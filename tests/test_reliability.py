@@ -445,7 +445,7 @@ def test_a_checkpoint_whose_vocabulary_does_not_fit_is_refused(tmp_path):
 
 def test_a_second_job_on_a_live_jobs_workdir_is_refused_naming_it(corpus, env, tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from gpt1_jax import workdir; "
+        [sys.executable, "-c", "import sys, time; from gpt1_jax.storage import workdir; "
          "workdir.WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)",
          str(tmp_path)], cwd=jobs.REPO, stdout=subprocess.PIPE, text=True)
     try:
