@@ -296,9 +296,7 @@ class Checkpointer:
             return
         if jax.process_index() == 0:
             for step, problem in damaged:
-                source = self.directory / str(step)
-                target = _free_name(self.directory, f"{step}{DAMAGED_SUFFIX}")
-                source.rename(target)
+                target = rundir.move_aside(self.directory / str(step), DAMAGED_SUFFIX)
                 log.warning("%s; moved it aside to %s, resuming from step %d", problem, target, resumed)
         distributed.barrier("gpt1_jax/checkpoints/set_aside")
         self._manager.reload()
@@ -335,15 +333,6 @@ class Checkpointer:
                 f"writing checkpoint {self._writing} in {self.directory} failed: {e}. "
                 f"The committed checkpoints ({', '.join(map(str, committed)) or 'none'}) are "
                 f"untouched; a rerun resumes from the latest once the cause is fixed.") from e
-
-
-def _free_name(directory, name: str):
-    """`directory / name`, or `name.1`, `name.2`, ... when a step was set aside before."""
-    candidate, n = directory / name, 0
-    while candidate.exists():
-        n += 1
-        candidate = directory / f"{name}.{n}"
-    return candidate
 
 
 def finished_steps(checkpoints_dir) -> list[int]:

@@ -216,6 +216,19 @@ def write_bytes(p, data: bytes) -> None:
         f.write(data)
 
 
+def move_aside(p, suffix: str) -> epath.Path:
+    """Renames `p` (a file or folder, local or gs://: there a copy and a delete) to the first
+    free name of `<p><suffix>`, `<p><suffix>.1`, ... beside it, and returns that path. Nothing
+    is deleted: a step set aside twice keeps both copies."""
+    p = path(p)
+    target, n = p.parent / f"{p.name}{suffix}", 0
+    while target.exists():
+        n += 1
+        target = p.parent / f"{p.name}{suffix}.{n}"
+    p.rename(target)
+    return target
+
+
 def upload_file(local, p) -> None:
     """Copies the local file `local` to `p` whole (one object upload on gs://)."""
     p = path(p)
