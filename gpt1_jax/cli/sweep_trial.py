@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 
+from gpt1_jax.storage import rundir
+
 
 def _error_line(log: pathlib.Path) -> str:
     """The job's `error: ...` line, else the last line (a bug's exception)."""
@@ -46,9 +48,7 @@ def main(argv: list[str]) -> int:
     status = job.wait()
     record = {"status": status, "error": _error_line(log) if status else "",
               "seconds": round(time.time() - started, 1)}
-    partial = exit_record.with_suffix(".exit.partial")
-    partial.write_text(json.dumps(record) + "\n")
-    os.replace(partial, exit_record)  # whole or absent: the controller reads it as the trial's end
+    rundir.write_json(exit_record, record)  # whole or absent: the controller reads it as the trial's end
     return status if 0 <= status < 256 else 1
 
 
