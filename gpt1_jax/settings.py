@@ -62,9 +62,8 @@ def run_setup(config: ml_collections.ConfigDict) -> run_setup_lib.RunSetup:
 def metrics_writer(config: ml_collections.ConfigDict, workdir, resume_step: int | None) -> reporting.MetricsWriter:
     """metrics.jsonl and TensorBoard, and W&B when `tracking.wandb` asks for it."""
     from gpt1_jax import tracking
-    t = config.get("tracking") or ml_collections.ConfigDict(dict(wandb=False))
-    tracker = tracking.from_settings(workdir, t.wandb, config, t.get("wandb_project", "gpt1-jax"),
-                                     t.get("wandb_entity", ""), t.get("wandb_mode", "")) if t.wandb else None
+    t = config.tracking  # every config builds on configs/gpt1.py, which holds the defaults
+    tracker = tracking.from_settings(workdir, t.wandb, config, t.wandb_project, t.wandb_entity, t.wandb_mode)
     return reporting.MetricsWriter(workdir, resume_step=resume_step, tracker=tracker)
 
 

@@ -107,8 +107,8 @@ def run(config: ml_collections.ConfigDict, workdir, stop: stopping.StopRequested
 
 def _harness_evaluator(config: ml_collections.ConfigDict, model_config, tokenizer):
     """params -> {"harness/<task>/<metric>": value} for `harness.tasks`, or None when none are set."""
-    h = config.get("harness")
-    if h is None or not h.tasks.strip():
+    h = config.harness
+    if not h.tasks.strip():
         return None
     if jax.process_count() > 1:
         raise ConfigError("harness.tasks: harness evaluation during training runs in one process only; "
