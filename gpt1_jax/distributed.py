@@ -77,12 +77,18 @@ def reached_stop_point(step: int) -> bool:
     return bool(multihost_utils.reached_preemption_sync_point(step))
 
 
+def from_main(value: np.ndarray) -> np.ndarray:
+    """Process 0's `value` (same shape and dtype on every process), on every process (a
+    collective: call it on all of them)."""
+    if not is_multiprocess():
+        return value
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.broadcast_one_to_all(value), value.dtype)
+
+
 def agree_on_main(decision: bool) -> bool:
     """Process 0's `decision`, on every process (a collective: call it on all of them)."""
-    if not is_multiprocess():
-        return decision
-    from jax.experimental import multihost_utils
-    return bool(multihost_utils.broadcast_one_to_all(np.asarray(decision, np.bool_)))
+    return bool(from_main(np.asarray(decision, np.bool_)))
 
 
 def all_agree(ok: bool) -> bool:

@@ -130,6 +130,5 @@ def prepare_token_cache(source, tokenizer, cache_dir, progress: bool) -> corpus_
 
 def _key_of_process_0(key: str | None) -> str:
     """Process 0's cache key (a sha256 hex digest), on every process (a collective)."""
-    from jax.experimental import multihost_utils
     digest_32 = np.frombuffer(bytes.fromhex(key), np.uint8) if key else np.zeros(32, np.uint8)
-    return bytes(np.asarray(multihost_utils.broadcast_one_to_all(digest_32), np.uint8)).hex()
+    return bytes(distributed.from_main(digest_32)).hex()
