@@ -26,6 +26,7 @@ import contextlib
 import gc
 import logging
 import sys
+import threading
 from typing import Any
 
 import jax
@@ -81,25 +82,26 @@ def _cause(error: BaseException, path) -> str:
 def _is_abandoned_read(unraisable) -> bool:
     # When one read of a step fails, orbax abandons its concurrent reads: Python reports
     # each abandoned coroutine ("Exception ignored in", a page-long traceback), and reads
-    # that TensorStore completes later find the restore's event loop closed. The error
-    # raised from the first failure already says what is wrong.
+    # that TensorStore completes later, from its own threads, find the restore's event
+    # loop closed, possibly while orbax is still unwinding the first failure. The error
+    # raised from that first failure already says what is wrong.
     error = unraisable.exc_value
-    return (asyncio.iscoroutine(unraisable.object)
-            or (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"))
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    return ((closed_loop and threading.current_thread() is not threading.main_thread())
+            or (_failed_reads["seen"] and asyncio.iscoroutine(unraisable.object)))
 
 
-_quiet_installed = False
+_failed_reads = {"seen": False, "hook": False}
 
 
 def _quiet_abandoned_reads() -> None:
-    """From the first failed read on, keeps its abandoned reads out of stderr, where the
-    user should find the one `error:` line (or the warning of a resume that fell back)."""
-    global _quiet_installed
-    if _quiet_installed:
+    """Installed before the first read: keeps the reports of reads a failed restore abandoned
+    out of stderr, where the user should find one `error:` line (or a resume's warning)."""
+    if _failed_reads["hook"]:
         return
     previous = sys.unraisablehook
     sys.unraisablehook = lambda unraisable: None if _is_abandoned_read(unraisable) else previous(unraisable)
-    _quiet_installed = True
+    _failed_reads["hook"] = True
 
 
 @contextlib.contextmanager
@@ -110,12 +112,13 @@ def _reading(step_dir) -> Any:
     TypeError on missing metadata, OSError), so every error but the project's own (a model
     that does not fit is a CheckpointError, not damage) counts as damage here.
     """
+    _quiet_abandoned_reads()
     try:
         yield
     except UserError:
         raise
     except Exception as e:
-        _quiet_abandoned_reads()
+        _failed_reads["seen"] = True
         gc.collect()  # the abandoned reads are reported (quietly) now, not at exit
         raise DamagedCheckpointError(f"checkpoint {step_dir} cannot be read: {_cause(e, step_dir)}") from e
 
