@@ -63,9 +63,11 @@ def test_topologies_have_one_device_per_chip(name, chips):
 @needs_libtpu
 @pytest.mark.slow
 def test_gpt1_fits_on_v5e_8():
-    """The paper's model and batch (64 x 512 tokens), data-parallel over 8 v5e chips."""
+    """The paper's model and batch (64 x 512 tokens), data-parallel over 8 v5e chips. The
+    fast compile's plan is an upper bound of the job's (test_fast_effort_over_states_memory_and_says_so),
+    so fitting under it is fitting."""
     cfg = config(scan_layers=True)
-    result = aot.run(cfg, "v5e-8", effort="full")
+    result = aot.run(cfg, "v5e-8", effort="fast")
     memory = result["per_chip_bytes"]
     assert result["fits"] and memory["total"] < 16 * aot.GIB
     # Every chip holds the whole state: 116.5M float32 parameters and two Adam moments.
