@@ -10,11 +10,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
 import jobs
 
+_OWN_CACHE = pytest.StashKey[str]()
 pytest_plugins = ["gcs"]  # the local GCS server fixtures (tests/gcs.py)
 
 REPO = jobs.REPO
@@ -26,6 +29,16 @@ SHARED_DATA = pathlib.Path(os.environ.get("GPT1_JAX_SHARED_DATA", REPO.parent / 
 def pytest_configure(config):
     # Slow tests run by default (CI included); `-m "not slow"` skips them locally.
     config.addinivalue_line("markers", "slow: a long test (minutes on 2 CPU cores); runs by default")
+    # One persistent XLA cache for the session's job processes (jobs.env), removed at its end;
+    # this process's own programs are not cached (tests read their compiled HLO and memory).
+    if not os.environ.get(jobs.SESSION_CACHE):
+        os.environ[jobs.SESSION_CACHE] = tempfile.mkdtemp(prefix="gpt1_jax-tests-xla-")
+        config.stash[_OWN_CACHE] = os.environ[jobs.SESSION_CACHE]
+
+
+def pytest_unconfigure(config):
+    if config.stash.get(_OWN_CACHE, None):
+        shutil.rmtree(config.stash[_OWN_CACHE], ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
