@@ -6,17 +6,24 @@
 The renderers return bytes, so the caller decides where they go (a local file, gs://
 through the run directory); `write_training_curves` writes them to a path or file object.
 `png_bytes` is the one PNG writer, for any other figure (`zero_shot`'s) too.
-Rows are dicts with a `step` and any of `loss`, `val_loss`, `lr` and task metrics; a key
-a row lacks, or a value that is not a finite number (metrics.jsonl writes NaN as "nan"),
-is simply not drawn.
+Rows are dicts with a `step` and any of `loss`, `val_loss`, `lr`, task metrics and the
+harness's `val_harness/<task>/<metric>` (drawn in panels below the losses, one per kind of
+metric); a key a row lacks, or a value that is not a finite number (metrics.jsonl writes NaN
+as "nan"), is simply not drawn.
+
+Every PNG records what it draws: its "Description" text is JSON, one {"panel", "series"}
+per axis (`drawn_series(png)` reads it back), so a figure can be checked without reading pixels.
 """
 import io
+import json
 import math
 import os
 from collections.abc import Iterable, Sequence
 
 WIDTH_IN, HEIGHT_IN, DPI = 10, 6, 100   # 1000 x 600 pixels
 TRAIN_SMOOTHING = 5                      # logged train losses averaged into the drawn line
+HARNESS_HEIGHT_IN = 3.5                  # the row of harness panels added below the losses
+HARNESS_PREFIX = "val_harness/"
 _REFERENCE_STYLE = {
     "unigram_loss": ("unigram (count model)", "tab:red"),
     "bigram_loss": ("bigram (count model)", "tab:purple"),
@@ -40,20 +47,52 @@ def pyplot():
 
 def png_bytes(fig, dpi: int = DPI) -> bytes:
     """The project's one PNG writer: `fig` as PNG bytes (to `rundir.write_bytes` anywhere,
-    local or gs://); the figure is closed."""
+    local or gs://), its panels and series in its "Description"; the figure is closed."""
+    panels = [{"panel": ax.get_title() or ax.get_ylabel(),
+               "series": [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]}
+              for ax in fig.get_axes()]
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Description": json.dumps(panels)})
     pyplot().close(fig)
     return buffer.getvalue()
+
+
+def drawn_series(png: bytes) -> list[dict]:
+    """The {"panel", "series"} list `png_bytes` recorded in a PNG."""
+    from PIL import Image  # matplotlib's own dependency
+    return json.loads(Image.open(io.BytesIO(png)).text["Description"])
+
+
+def harness_panels(rows: Sequence[dict]) -> dict[str, list[str]]:
+    """The harness metrics with a finite value in `rows`, by panel: {"score" | "perplexity" |
+    "bits per byte": ["<task>/<metric>", ...]}; accuracies, exact matches, F1, MCC are scores."""
+    names = {key[len(HARNESS_PREFIX):] for row in rows for key in row if key.startswith(HARNESS_PREFIX)}
+    panels: dict[str, list[str]] = {"score": [], "perplexity": [], "bits per byte": []}
+    for name in sorted(names):
+        if _series(rows, HARNESS_PREFIX + name)[0]:
+            metric = name.rsplit("/", 1)[-1]
+            kind = "perplexity" if "perplexity" in metric else "bits per byte" if metric == "bits_per_byte" \
+                else "score"
+            panels[kind].append(name)
+    return {kind: found for kind, found in panels.items() if found}
 
 
 def render_training_curves(rows: Sequence[dict], reference: dict | None = None,
                            title: str = "Pre-training: next-token loss") -> bytes:
     """PNG of train and validation loss (nats per token) against the step, the reference
     levels (`reference_levels`' dict; dashed, labelled with their value) and the learning
-    rate on a second y axis."""
+    rate on a second y axis; below them, when the rows hold harness metrics, a row of
+    panels (`harness_panels`)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(WIDTH_IN, HEIGHT_IN))
+    panels = harness_panels(rows)
+    if not panels:
+        fig, ax = plt.subplots(figsize=(WIDTH_IN, HEIGHT_IN))
+    else:
+        fig = plt.figure(figsize=(WIDTH_IN, HEIGHT_IN + HARNESS_HEIGHT_IN))
+        grid = fig.add_gridspec(2, len(panels), height_ratios=[HEIGHT_IN, HARNESS_HEIGHT_IN])
+        ax = fig.add_subplot(grid[0, :])
+        for column, (kind, names) in enumerate(panels.items()):
+            _draw_harness_panel(fig.add_subplot(grid[1, column]), rows, kind, names)
     train_x, train_y = _series(rows, "loss")
     val_x, val_y = _series(rows, "val_loss")
     drawn = list(train_y) + list(val_y)
@@ -101,6 +140,21 @@ def render_training_curves(rows: Sequence[dict], reference: dict | None = None,
     ax.set_title(title, fontsize=14)
     fig.tight_layout()
     return png_bytes(fig)
+
+
+def _draw_harness_panel(ax, rows: Sequence[dict], kind: str, names: Sequence[str]) -> None:
+    """One kind of harness metric, a line per `<task>/<metric>` (few points: markers)."""
+    for name in names:
+        xs, ys = _series(rows, HARNESS_PREFIX + name)
+        if xs:
+            ax.plot(xs, ys, linewidth=1.6, marker="o", markersize=4, label=name)
+    if kind == "perplexity" and all(y > 0 for line in ax.get_lines() for y in line.get_ydata()):
+        ax.set_yscale("log")  # an untrained model's perplexity is orders of magnitude above a trained one's
+    ax.set_title(f"harness: {kind}", fontsize=12)
+    ax.set_xlabel("step", fontsize=11)
+    ax.grid(True, alpha=0.3)
+    if ax.get_lines():
+        ax.legend(fontsize=9, framealpha=0.9)
 
 
 def write_training_curves(rows: Sequence[dict], reference: dict | None, path_or_file,

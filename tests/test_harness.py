@@ -3,6 +3,7 @@ on any number of devices and compiles a handful of programs; on the same weights
 the harness's own `hf` backend on the project's HF export wherever both tokenizers agree; the
 zero-shot tasks give the zero-shot evaluators' numbers; bad input is one `error:` line."""
 import dataclasses
+import json
 import os
 import sys
 
@@ -197,6 +198,14 @@ def test_command_writes_results_and_prints_the_table_and_errors_in_one_line(expo
     results = sorted((out / "harness").glob("results_*.json"))
     assert len(results) == 1 and results[0].with_suffix(".md").read_text() in done.stdout
     assert "local_choice" in done.stdout and "acc" in done.stdout
+    # The harness's own command line, with the model registered by lm_eval_main (lm-eval 0.4.13's
+    # `lm_eval` finds no models in other packages), gives the same numbers.
+    jobs.run([sys.executable, "-m", "gpt1_jax.cli.lm_eval_main", "run", "--model", "gpt1_jax", "--model_args",
+              f"init_from={exports[0]}", "--batch_size", "8", "--tasks", "local_choice,local_lastword",
+              "--include_path", tasks_dir, "--output_path", str(tmp_path / "lm_eval")], timeout=300)
+    [theirs] = (tmp_path / "lm_eval").rglob("results_*.json")
+    ours = evaluate.metrics(json.loads(results[0].read_text()))  # the values, stderrs aside (ours skips them)
+    assert evaluate.metrics(json.loads(theirs.read_text())) == ours and "local_lastword/perplexity" in ours
     failed = jobs.run([sys.executable, "-m", "gpt1_jax.cli.harness", f"--init_from={exports[0]}",
                        "--tasks=local_choice", f"--include_path={tasks_dir}", "--max_length=4096"],
                       expect_ok=False, timeout=300)

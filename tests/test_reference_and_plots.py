@@ -98,6 +98,25 @@ def test_training_curves_render_to_a_png_of_the_promised_size(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == buffer.getvalue()[:8] == png[:8]
 
 
+def test_harness_metrics_get_a_panel_per_kind_below_the_losses_and_none_without_them():
+    harness = [{"step": s, "val_harness/lastword/acc": 0.1 + s / 1000, "val_harness/choice/acc_norm": 0.5,
+                "val_harness/lastword/perplexity": 9000.0 / (s + 1), "val_harness/pages/bits_per_byte": "nan"}
+               for s in (0, 400, 800)]
+    png = plots.render_training_curves(ROWS + harness, {"unigram_loss": 6.63})
+    assert _decode_png(png).shape[:2] == ((plots.HEIGHT_IN + plots.HARNESS_HEIGHT_IN) * plots.DPI,
+                                          plots.WIDTH_IN * plots.DPI)
+    panels = {p["panel"]: p["series"] for p in plots.drawn_series(png)}
+    # Accuracies share one axis, perplexity has its own; a metric with no finite value gets no panel.
+    assert panels["harness: score"] == ["choice/acc_norm", "lastword/acc"]
+    assert panels["harness: perplexity"] == ["lastword/perplexity"]
+    assert not [name for name in panels if "bits per byte" in name]
+    assert "validation loss" in panels["Pre-training: next-token loss"][1]
+
+    plain = plots.render_training_curves(ROWS, None)
+    assert _decode_png(plain).shape[:2] == (plots.HEIGHT_IN * plots.DPI, plots.WIDTH_IN * plots.DPI)
+    assert [p["panel"] for p in plots.drawn_series(plain)] == ["Pre-training: next-token loss", "learning rate"]
+
+
 def test_finetune_curves_render_and_an_empty_history_still_draws():
     rows = [{"step": s, "loss": 1 / s, "accuracy": 0.5 + s / 400} for s in range(1, 101, 10)]
     image = _decode_png(plots.render_finetune_curves(rows, ["accuracy"]))

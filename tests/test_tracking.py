@@ -13,7 +13,8 @@ pytest.importorskip("wandb")
 
 import jobs  # noqa: E402
 import wandb_records  # noqa: E402
-from gpt1_jax import tracking  # noqa: E402
+from gpt1_jax import plots, tracking  # noqa: E402
+from gpt1_jax.storage import rundir  # noqa: E402
 
 # A job's logging as the pre-training loop does it: MetricsWriter with the tracker, one
 # record a step, resuming after `resume_step` (argv: workdir, first step, last step, resume step).
@@ -102,3 +103,7 @@ def test_a_pretraining_job_logs_harness_tasks_and_mirrors_its_metrics_to_wandb(c
     for row in logged:  # W&B holds every scalar metrics.jsonl holds, step by step
         numeric = {k: v for k, v in row.items() if isinstance(v, int | float) and k != "step"}
         assert {k: history[row["step"]][k] for k in numeric} == numeric
+    # curves.png draws them below the losses, every harness metric in a panel of its kind.
+    panels = plots.drawn_series((workdir / rundir.CURVES).read_bytes())
+    harness_series = {name for p in panels if p["panel"].startswith("harness: ") for name in p["series"]}
+    assert harness_series == {k.removeprefix("val_harness/") for k in harness_keys}
