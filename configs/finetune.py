@@ -35,6 +35,9 @@ def get_config(task: str = "sst2"):
                                        # the weights are random (the "no pre-training" ablation)
         max_len=0,                 # pad/truncate sequences to this; 0: the longest needed, <= n_ctx
     )
+    # eval_every_steps > 0: also score the evaluation splits every that many steps (and at the
+    # last), logged to metrics.jsonl as val_<metric> (val_accuracy, val_mcc, ...; MNLI:
+    # val_matched_accuracy): what a sweep prunes on. 0: only the end-of-run evaluation.
     config.train.update(batch_size=32, num_epochs=3, num_steps=0, log_every_steps=10,
                         eval_every_steps=0, eval_batches=0)
     config.optimizer.update(learning_rate=6.25e-5, schedule="warmup_linear",

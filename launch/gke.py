@@ -16,10 +16,18 @@ checkpoint) or is preempted fails its Job (backoffLimit 0), and the JobSet resta
 rerun will not fix) fails the Job through its podFailurePolicy, and the JobSet fails with no
 restart. terminationGracePeriodSeconds exceeds the job's grace period, so a preempted pod
 commits before the kubelet's SIGKILL.
+
+A sweep trial (gpt1_jax/sweeps/launchers.py's `gke` launcher) is a JobSet of one pod that runs
+`python -m gpt1_jax.cli.sweep_trial SPEC` and is never restarted by the JobSet (the sweep
+controller requeues it):
+
+    python launch/gke.py trial --name=sweep-trial-000-x1y2 --image=...:cuda --gpus=1 \
+        --volume-claim=sweep-state /shared/sweep/_sweep/trials/trial_000.json
 """
 import argparse
 import json
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -76,9 +84,40 @@ def render(name: str, image: str, workdir: str, job_flags: list[str], hosts: int
         "ports": [{"containerPort": COORDINATOR_PORT}],
         "resources": {"limits": resources},
     }
+    return _jobset(name, container, hosts, node_selector, grace_period_secs, max_restarts, annotations={
+        # One slice (one node pool) for the one replicated Job.
+        "alpha.jobset.sigs.k8s.io/exclusive-topology": "cloud.google.com/gke-nodepool"})
+
+
+def render_trial(name: str, image: str, spec: str, node_selector: dict, resources: dict, python: str = "python",
+                 volume_claim: str = "", mount_path: str = "", service_account: str = "",
+                 grace_period_secs: int = 25) -> dict:
+    """A sweep trial's JobSet: one pod running the trial runner on SPEC, no restarts. The runner
+    writes the trial's log and exit record beside SPEC, so the pod mounts the sweep's state folder
+    (`volume_claim`, a ReadWriteMany claim, at `mount_path`, default SPEC's folder's parent's
+    parent: the state folder) where the controller reads it."""
+    container = {
+        "name": CONTAINER, "image": image, "workingDir": "/app",
+        "command": [python, "-m", "gpt1_jax.cli.sweep_trial", spec],
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "GPT1_JAX_JOBSET", "value": name}],
+        "resources": {"limits": resources},
+    }
+    pod = {}
+    if volume_claim:
+        mount_path = mount_path or os.path.dirname(os.path.dirname(spec))
+        container["volumeMounts"] = [{"name": "sweep-state", "mountPath": mount_path}]
+        pod["volumes"] = [{"name": "sweep-state", "persistentVolumeClaim": {"claimName": volume_claim}}]
+    if service_account:  # e.g. Workload Identity's, for gs:// workdirs
+        pod["serviceAccountName"] = service_account
+    return _jobset(name, container, 1, node_selector, grace_period_secs, 0, annotations={}, pod=pod)
+
+
+def _jobset(name: str, container: dict, hosts: int, node_selector: dict, grace_period_secs: int,
+            max_restarts: int, annotations: dict, pod: dict | None = None) -> dict:
+    """One replicated Job of `hosts` indexed pods running `container`, restarted together."""
     pod = {"restartPolicy": "Never", "nodeSelector": node_selector, "containers": [container],
            # The job commits within its grace period; the kubelet's SIGKILL must come after.
-           "terminationGracePeriodSeconds": grace_period_secs + 15}
+           "terminationGracePeriodSeconds": grace_period_secs + 15, **(pod or {})}
     job = {
         "parallelism": hosts, "completions": hosts, "completionMode": "Indexed",
         # Any failed pod fails the Job, and the JobSet restarts all pods together: the
@@ -91,9 +130,7 @@ def render(name: str, image: str, workdir: str, job_flags: list[str], hosts: int
     }
     return {
         "apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
-        "metadata": {"name": name, "annotations": {
-            # One slice (one node pool) for the one replicated Job.
-            "alpha.jobset.sigs.k8s.io/exclusive-topology": "cloud.google.com/gke-nodepool"}},
+        "metadata": {"name": name, **({"annotations": annotations} if annotations else {})},
         "spec": {
             "failurePolicy": {"maxRestarts": max_restarts, "rules": [
                 # Exit 1 (the podFailurePolicy above): a failure a restart will not fix.
@@ -118,7 +155,22 @@ def main(argv=None) -> int:
     sub.add_argument("--max-restarts", type=int, default=20)
     sub.add_argument("--grace-period-secs", type=int, default=25, help="the job's train.grace_period_secs")
     sub.add_argument("job_flags", nargs="*", help="after --: the job's flags (--config=..., --config.KEY=...)")
+    trial = commands.add_parser("trial", help="print a sweep trial's JobSet: one pod running the trial runner")
+    trial.add_argument("--name", required=True, help="the JobSet's name: lowercase letters, digits, '-'")
+    trial.add_argument("--image", required=True)
+    placement = trial.add_mutually_exclusive_group()
+    placement.add_argument("--tpu", help="a single-host TPU slice: v5e-4, v5e-8, v6e-4, ...")
+    placement.add_argument("--gpus", type=int, help="GPUs for the trial (none: a CPU pod)")
+    trial.add_argument("--gpu-type", default="nvidia-h100-80gb", help="cloud.google.com/gke-accelerator")
+    trial.add_argument("--volume-claim", default="", help="a ReadWriteMany claim holding the sweep's state folder")
+    trial.add_argument("--mount-path", default="", help="where the pod mounts it (default: the state folder)")
+    trial.add_argument("--service-account", default="", help="the pod's Kubernetes service account")
+    trial.add_argument("--python", default="python", help="the image's Python")
+    trial.add_argument("--grace-period-secs", type=int, default=25, help="the job's train.grace_period_secs")
+    trial.add_argument("spec", help="the trial spec the sweep controller wrote, as the pod sees it")
     args = top.parse_args(argv)
+    if args.command == "trial":
+        return _print_trial(args)
     try:
         if not args.workdir.startswith("gs://"):
             raise tpu_lib.LaunchError(f"--workdir={args.workdir}: pods share no disk; use a gs:// run directory")
@@ -131,6 +183,29 @@ def main(argv=None) -> int:
             device_ids = ",".join(str(i) for i in range(args.gpus))
         manifest = render(args.name, args.image, args.workdir, args.job_flags, hosts, selector, resources,
                           args.max_restarts, args.grace_period_secs, device_ids)
+    except tpu_lib.LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    json.dump(manifest, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def _print_trial(args) -> int:
+    try:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?", args.name):
+            raise tpu_lib.LaunchError(f"--name={args.name}: a JobSet name here is at most 40 lowercase "
+                                      f"letters, digits and '-' (its pods' names add to it)")
+        if args.tpu:
+            hosts, selector, resources = tpu_placement(args.tpu)
+            if hosts != 1:
+                raise tpu_lib.LaunchError(f"--tpu={args.tpu}: a trial runs on one host; this slice has {hosts}")
+        elif args.gpus:
+            selector, resources = {"cloud.google.com/gke-accelerator": args.gpu_type}, {"nvidia.com/gpu": args.gpus}
+        else:
+            selector, resources = {}, {}
+        manifest = render_trial(args.name, args.image, args.spec, selector, resources, args.python,
+                                args.volume_claim, args.mount_path, args.service_account, args.grace_period_secs)
     except tpu_lib.LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED

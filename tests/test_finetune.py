@@ -120,9 +120,14 @@ def _finetune(task, data_dir, workdir, pretrained, *extra):
 
 @pytest.mark.slow
 def test_sst2_fine_tuning_and_eval_mode_on_the_real_data(pretrained, shared_data, tmp_path):
-    _finetune("sst2", shared_data / "glue", tmp_path, pretrained, "--config.train.num_steps=2")
+    _finetune("sst2", shared_data / "glue", tmp_path, pretrained, "--config.train.num_steps=3",
+              "--config.train.eval_every_steps=2")
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["step"] == 2 and 0.0 <= summary["eval"]["validation"]["accuracy"] <= 1.0
+    assert summary["step"] == 3 and 0.0 <= summary["eval"]["validation"]["accuracy"] <= 1.0
+    # The validation split is also scored every 2 steps and at the last (what a sweep prunes on);
+    # the last of those is the end-of-run evaluation of the same params.
+    validated = {r["step"]: r["val_accuracy"] for r in jobs.metric_records(tmp_path) if "val_accuracy" in r}
+    assert sorted(validated) == [2, 3] and validated[3] == summary["eval"]["validation"]["accuracy"]
     lines = (tmp_path / "predictions" / "SST-2.validation.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 25
     assert all(line.split("\t")[1] in ("0", "1") for line in lines[1:])

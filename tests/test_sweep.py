@@ -171,3 +171,71 @@ def test_finished_runs_are_not_run_again(tmp_path, capsys):
     run = controller.Controller(definition, tmp_path, launcher=None, directory=tmp_path / "_sweep", out=print).run()
     assert [(t.state, t.value) for t in run.trials] == [(optuna.trial.TrialState.COMPLETE, 0.5)]
     assert (tmp_path / "results.md").exists() and not (tmp_path / "_sweep" / "trials" / "lm_coef=0.json").exists()
+
+
+class _ScriptedLauncher:
+    """Trials that leave what a fine-tune with `train.eval_every_steps=2` leaves (val_accuracy in
+    metrics.jsonl at steps 2 and 4), their accuracy set by λ: λ=0.5 trials finish, the others keep
+    running until stopped, then exit 42 as a job stopped by SIGTERM does; λ=2's job has already
+    passed its last step when the stop comes, and finishes (exit 0)."""
+
+    def __init__(self, accuracy_of):
+        self.accuracy_of, self.running, self.stopped = accuracy_of, {}, []
+
+    @staticmethod
+    def _finish(workdir, spec, accuracy):
+        summary = {"finished": True, "eval": {"validation": {"accuracy": accuracy}}}
+        (workdir / "summary.json").write_text(json.dumps(summary))
+        pathlib.Path(spec["exit"]).write_text(json.dumps({"status": 0, "error": "", "seconds": 1.0}))
+
+    def submit(self, specs):
+        ids = []
+        for spec_path in specs:
+            spec = json.loads(spec_path.read_text())
+            workdir = pathlib.Path(next(a for a in spec["argv"] if a.startswith("--workdir="))[10:])
+            accuracy = self.accuracy_of[next(a for a in spec["argv"] if a.startswith("--config.finetune.lm_coef="))
+                                        .split("=", 1)[1]]
+            workdir.mkdir(parents=True)
+            (workdir / "metrics.jsonl").write_text("".join(json.dumps(
+                {"step": s, "loss": 0.5, **({"val_accuracy": accuracy} if s % 2 == 0 else {})}) + "\n"
+                for s in (1, 2, 3, 4)))
+            job = f"scripted:{spec['name']}"
+            if accuracy >= 0.5:
+                self._finish(workdir, spec, accuracy)
+            else:
+                self.running[job] = (spec, workdir, accuracy)
+            ids.append(job)
+        return ids
+
+    def alive(self, job):
+        return job in self.running
+
+    def stop(self, job):
+        self.stopped.append(job)
+        spec, workdir, accuracy = self.running.pop(job)
+        if "--config.finetune.lm_coef=2.0" in spec["argv"]:
+            self._finish(workdir, spec, accuracy)
+        else:
+            pathlib.Path(spec["exit"]).write_text(json.dumps({"status": 42, "error": "", "seconds": 1.0}))
+
+
+def test_pruning_reads_the_validation_metrics_the_trials_log(tmp_path):
+    definition = definition_lib.from_config(_study(
+        space=[{"key": "finetune.lm_coef", "type": "categorical", "choices": (0.5, 8.0, 2.0)}],
+        intermediate={"metric": "val_accuracy", "direction": "maximize"},
+        pruner={"name": "median", "startup_trials": 1}, num_trials=4, parallel=1,
+        enqueue=({"finetune.lm_coef": 0.5}, {"finetune.lm_coef": 0.5}, {"finetune.lm_coef": 8.0},
+                 {"finetune.lm_coef": 2.0})))
+    launcher = _ScriptedLauncher({"0.5": 0.75, "8.0": 0.25, "2.0": 0.375})
+    study = controller.Controller(definition, tmp_path, launcher, tmp_path / "_sweep", poll_secs=0.01,
+                                  out=lambda *_: None).run()
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 2 + [optuna.trial.TrialState.PRUNED,
+                                                               optuna.trial.TrialState.COMPLETE]
+    # What the pruner judged is what the trials logged at their evaluation steps, and only those.
+    assert [t.intermediate_values for t in study.trials] == [{2: 0.75, 4: 0.75}] * 2 + [
+        {2: 0.25, 4: 0.25}, {2: 0.375, 4: 0.375}]
+    assert launcher.stopped == ["scripted:trial_002", "scripted:trial_003"]
+    assert study.trials[2].user_attrs["pruned_at"] == 4
+    # Trial 3 was judged at its last step but finished before the stop: its result counts.
+    assert study.trials[3].value == 0.375 and study.trials[3].user_attrs["pruned_at"] is None

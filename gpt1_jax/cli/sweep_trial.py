@@ -38,7 +38,8 @@ def main(argv: list[str]) -> int:
     with open(spec["starts"], "a") as f:
         f.write(json.dumps({"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
                             "cores": sorted(os.sched_getaffinity(0)),
-                            "slurm_job": os.environ.get("SLURM_JOB_ID")}) + "\n")
+                            "slurm_job": os.environ.get("SLURM_JOB_ID"),
+                            "jobset": os.environ.get("GPT1_JAX_JOBSET")}) + "\n")
     started = time.time()
     with open(log, "ab") as out:
         job = subprocess.Popen(spec["argv"], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

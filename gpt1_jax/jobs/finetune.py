@@ -117,7 +117,8 @@ def run(config: ml_collections.ConfigDict, workdir, stop: stopping.StopRequested
                  "num_steps": num_steps, "max_len": data.max_len}
     started = time.time()
     try:
-        state, last = loop_lib.train_loop(run_, batches, to_global, loop_cfg, writer, save_meta, stop_requested=stop)
+        state, last = loop_lib.train_loop(run_, batches, to_global, loop_cfg, writer, save_meta,
+                                          evaluate=_periodic_validation(config, model, data), stop_requested=stop)
     finally:
         writer.close()
         run_.checkpointer.close()
@@ -206,6 +207,22 @@ def _initial_params(config: ml_collections.ConfigDict, start: _Start, init_param
                         out_shardings=plan.shardings.params)(jax.random.key(config.seed))
         return transplant(pretrained_params, fresh, config.finetune.transfer_layers)
     return initial_params
+
+
+def _periodic_validation(config: ml_collections.ConfigDict, model, data: task_data_lib.TaskData):
+    """With `train.eval_every_steps`, `params -> {metric: value}` on the evaluation splits (those the
+    end of the run scores, as capped by `data.max_eval_examples`), which the loop logs as `val_<metric>`
+    every that many steps and at its last, so that a sweep can prune on validation metrics; a task
+    scored on several splits (MNLI) names them: `val_matched_accuracy`. None: only the end's evaluation."""
+    if config.train.eval_every_steps <= 0:
+        return None
+    several = len(data.evals) > 1
+
+    def validate(params) -> dict:
+        results = evaluate.evaluate_splits(model, params, data, config.train.batch_size)
+        return {f"{split.removeprefix('validation_')}_{name}" if several else name: value
+                for split, metrics in results.items() for name, value in metrics.items()}
+    return validate
 
 
 def _curves(rows: list[dict], values: dict, task: str) -> bytes:

@@ -150,14 +150,20 @@ class Controller:
         ended = ended or _read_json(files["exit"])  # it may have ended between the two looks
         if ended:
             trial.set_user_attr("seconds", ended["seconds"])
-        if "pruned_at" in attrs:
+        value = definition_lib.objective_value(self.study, attrs["workdir"])
+        finished = (definition_lib.read_summary(attrs["workdir"]) or {}).get("finished", True)
+        pruned = "pruned_at" in attrs
+        if pruned and ended and ended["status"] == 0 and finished and value is not None:
+            # Judged at its last step (the loop's final evaluation), it finished before the stop came.
+            pruned = False
+            trial.set_user_attr("pruned_at", None)
+            self.out(f"[sweep] trial {frozen.number} {attrs['name']}: finished before its stop arrived")
+        if pruned:
             self.optuna.tell(frozen.number, state=optuna.trial.TrialState.PRUNED)
             self.out(f"[sweep] trial {frozen.number} {attrs['name']}: pruned")
             return True
         if ended is None:
             return self._requeue(frozen, "its job ended without an exit record (killed, or cancelled)")
-        value = definition_lib.objective_value(self.study, attrs["workdir"])
-        finished = (definition_lib.read_summary(attrs["workdir"]) or {}).get("finished", True)
         if ended["status"] == 0 and finished and value is not None:
             self.optuna.tell(frozen.number, value)
             self.out(f"[sweep] trial {frozen.number} {attrs['name']}: {self.study.objective}={value:.4g}")

@@ -222,10 +222,12 @@ def _param(entry) -> Param:
 
 
 def _is_logged(key: str) -> bool:
-    """A metrics.jsonl key: a training metric, or `val_` + a training or task metric (evaluations)."""
+    """A metrics.jsonl key: a training metric, or `val_` + a training or task metric (evaluations;
+    a task scored on several splits puts the split first: `val_matched_accuracy`)."""
     from gpt1_jax.metrics import TASK_METRICS
     metrics = {*LOGGED_METRICS, *(m for names in TASK_METRICS.values() for m in names)}
-    return key in LOGGED_METRICS or (key.startswith("val_") and key[4:] in metrics)
+    return key in LOGGED_METRICS or (key.startswith("val_") and (
+        key[4:] in metrics or key[4:].split("_", 1)[-1] in metrics))
 
 
 def _check_objective(objective: str, job) -> None:

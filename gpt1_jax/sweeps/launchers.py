@@ -6,8 +6,11 @@ command, passes SIGTERM on to it (the job commits a checkpoint and exits 42) and
 exit status and the error line beside the spec. A job id is a string the controller keeps
 in the study, so a restarted controller finds the trials its predecessor started.
 """
+import json
 import os
 import pathlib
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -109,6 +112,76 @@ class SlurmLauncher:
         self._run(["scancel", job])
 
 
+class GkeLauncher:
+    """One JobSet per trial, rendered by `launch/gke.py trial` (one pod running the trial runner,
+    never restarted by the JobSet: the controller requeues) and applied with `kubectl apply -f`.
+    A trial is alive while its JobSet exists and has neither completed nor failed; pruning is
+    `kubectl delete jobset`, whose SIGTERM to the pod the job answers with a checkpoint and exit 42.
+
+    The pods must see the state folder at its own path (`volume_claim`: a ReadWriteMany claim,
+    e.g. Filestore, mounted there; the trial runner writes the exit records into it) and the
+    trials' workdirs (a gs:// root, or the same volume). `settings` are the study's `launcher`
+    section: image (required), namespace, tpu or gpus (+ gpu_type), volume_claim, mount_path,
+    service_account, python (the image's, default `python`), grace_period_secs, renderer."""
+
+    name = "gke"
+    RENDER_FLAGS = ("image", "tpu", "gpus", "gpu_type", "volume_claim", "mount_path", "service_account",
+                    "grace_period_secs")
+
+    def __init__(self, state_dir: pathlib.Path, settings: dict):
+        self.state_dir = pathlib.Path(state_dir)
+        self.settings = dict(settings)
+        self.python = self.settings.get("python") or "python"
+        self.renderer = self.settings.get("renderer") or "launch/gke.py"
+        namespace = self.settings.get("namespace")
+        self.kubectl = ["kubectl", *(["--namespace", namespace] if namespace else [])]
+
+    def _run(self, argv: list[str], what: str) -> subprocess.CompletedProcess:
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        except FileNotFoundError as e:
+            raise OSError(f"{argv[0]}: not found on PATH (the GKE launcher needs kubectl)") from e
+        if result.returncode != 0 and what:
+            raise OSError(f"{what} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def jobset_name(self, trial: str) -> str:
+        """The sweep's and the trial's names as a DNS label, with a random tail: a requeued trial's
+        JobSet is a new one beside its predecessor's."""
+        base = re.sub(r"[^a-z0-9]+", "-", f"{self.state_dir.parent.name}-{trial}".lower()).strip("-")
+        return f"{base[:34].rstrip('-') or 'trial'}-{secrets.token_hex(2)}"
+
+    def submit(self, specs: list[pathlib.Path]) -> list[str]:
+        ids = []
+        for spec in specs:
+            trial = json.loads(spec.read_text())
+            trial["argv"][0] = self.python  # the job runs in the image, under its Python
+            spec.write_text(json.dumps(trial, indent=1))
+            name = self.jobset_name(trial["name"])
+            flags = [f"--{k.replace('_', '-')}={self.settings[k]}" for k in self.RENDER_FLAGS if self.settings.get(k)]
+            rendered = self._run([sys.executable, self.renderer, "trial", f"--name={name}", f"--python={self.python}",
+                                  *flags, str(spec)], "launch/gke.py trial")
+            manifest = spec.with_suffix(".jobset.json")
+            manifest.write_text(rendered.stdout)
+            self._run([*self.kubectl, "apply", "-f", str(manifest)], "kubectl apply")
+            ids.append(name)
+        return ids
+
+    def alive(self, job: str) -> bool:
+        result = self._run([*self.kubectl, "get", "jobset", job, "-o", "json"], "")
+        if result.returncode != 0:
+            if "NotFound" in result.stderr:  # deleted (pruned), or removed by hand
+                return False
+            raise OSError(f"kubectl get jobset {job} failed ({result.returncode}): {result.stderr.strip()}")
+        conditions = json.loads(result.stdout).get("status", {}).get("conditions", [])
+        return not any(c.get("type") in ("Completed", "Failed") and c.get("status") == "True" for c in conditions)
+
+    def stop(self, job: str) -> None:
+        # Foreground: the JobSet stays visible (alive) until its pod has exited and written its record.
+        self._run([*self.kubectl, "delete", "jobset", job, "--ignore-not-found", "--wait=false",
+                   "--cascade=foreground"], "kubectl delete")
+
+
 def make(launcher: dict, parallel: int, state_dir: pathlib.Path):
     """The launcher a study's `launcher` section names."""
     from gpt1_jax.errors import ConfigError
@@ -117,4 +190,11 @@ def make(launcher: dict, parallel: int, state_dir: pathlib.Path):
         return LocalLauncher(parallel, python=launcher.get("python", ""))
     if name == "slurm":
         return SlurmLauncher(parallel, state_dir, launcher.get("sbatch_args", ()), python=launcher.get("python", ""))
-    raise ConfigError(f"launcher.name={name!r}: expected local or slurm (GKE: see the README)")
+    if name == "gke":
+        if not launcher.get("image"):
+            raise ConfigError("launcher.image: the GKE launcher needs the job's image (built from the Dockerfile)")
+        renderer = launcher.get("renderer") or "launch/gke.py"
+        if not pathlib.Path(renderer).is_file():
+            raise ConfigError(f"launcher.renderer: no file {renderer!r} (run the sweep from the repository root)")
+        return GkeLauncher(state_dir, launcher)
+    raise ConfigError(f"launcher.name={name!r}: expected local, slurm or gke")
