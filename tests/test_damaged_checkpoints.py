@@ -73,11 +73,21 @@ def checksums(directory) -> dict[str, str]:
 # --- the damage ---------------------------------------------------------------------------------
 
 def truncate_a_data_file(step_dir: pathlib.Path) -> str:
-    """Cuts the largest array data file in half (a disk that filled, a copy cut short)."""
-    largest = max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
-                  key=lambda p: p.stat().st_size)
-    data = largest.read_bytes()
-    largest.write_bytes(data[:len(data) // 2])
+    """Cuts the data file holding the token embedding in the middle of that array (a disk that
+    filled, a copy cut short). Which of OCDBT's data files holds which array varies from save to
+    save, so the array is looked up in the store's own b-tree, not guessed from file sizes: every
+    command that loads a model then reads the cut."""
+    import tensorstore as ts
+    base = ts.KvStore.open({"driver": "file", "path": f"{step_dir / 'state'}/"}).result()
+    [version] = ts.ocdbt.dump(base).result()["versions"]
+    assert version["root_height"] == 0, "a tiny model's b-tree is one leaf"
+    leaf = ts.ocdbt.dump(base, version["root"]["location"]).result()
+    [where] = [e["indirect_value"] for e in leaf["entries"] if e["key"] == b"params.tokens_embed.embedding/0.0"]
+    # "value:<prefix>:<file>:<offset>:<length>", e.g. value:ocdbt.process_0/:d/bc48...:4831785:4795414
+    prefix, name, offset, length = where.removeprefix("value:").split(":")
+    data_file = step_dir / "state" / prefix / name
+    data = data_file.read_bytes()
+    data_file.write_bytes(data[:int(offset) + int(length) // 2])
     return "is not valid for value of size"  # TensorStore's words for a value cut short
 
 
