@@ -41,6 +41,15 @@ def pytest_unconfigure(config):
         shutil.rmtree(config.stash[_OWN_CACHE], ignore_errors=True)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    # With pytest-xdist (`-n 2 --dist loadgroup`, the fast tier), the tests of a session-wide
+    # trained run share one worker, so that run is trained once, not once per worker.
+    for item in items:
+        if "pretrained" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("pretrained"))
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A folder holding book.txt (the first 40,000 characters of a bundled book); jobs keep

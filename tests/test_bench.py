@@ -9,6 +9,7 @@ import jobs
 from gpt1_jax.tools import machine, profiling
 
 
+@pytest.mark.slow
 def test_benchmark_times_both_sides_at_the_same_shape(tmp_path):
     out = tmp_path / "bench.json"
     profile_dir = tmp_path / "profile"
@@ -119,7 +120,6 @@ def test_summarize_adds_up_each_part_and_keeps_the_unattributed_rest():
                                 {"part": "mlp matmuls [backward]", "ms": 4.0, "percent": 40.0}]
 
 
-@pytest.mark.slow
 def test_a_profile_without_a_reference_reports_the_project_side_only(tmp_path):
     # A profile_hf.json left by an earlier run in the same folder is not this run's reference.
     (tmp_path / "profile_hf.json").write_text('{"parts": []}')

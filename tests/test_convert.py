@@ -186,6 +186,7 @@ def test_broken_inputs_name_the_file(hf_model, hf_dir, tmp_path):
         convert.read_hf(bad_hf)
 
 
+@pytest.mark.slow
 def test_command_line(hf_dir, tmp_path):
     command = [sys.executable, "-m", "gpt1_jax.cli.convert", "--from=hf", "--to=orbax", str(hf_dir),
                str(tmp_path / "export")]

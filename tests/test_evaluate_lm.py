@@ -74,6 +74,7 @@ def test_documents_are_scored_independently(params):
     assert both["nll"] == pytest.approx(mean, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_command_prints_the_result_as_its_last_line(params, tmp_path):
     export = tmp_path / "export"
     tokenizer = tokenizers.gpt1_bpe_tokenizer()

@@ -164,9 +164,14 @@ def test_zero_shot_tasks_equal_the_zero_shot_evaluators(lm, exports):
     assert f"{found['gpt1_cola/mcc']:.3f}" == f"{expected['cola']:.3f}"
 
 
-def test_bad_input_is_a_user_error(lm, exports, params, tmp_path):
+@pytest.mark.slow
+def test_an_unknown_task_is_a_user_error_naming_the_close_ones(tmp_path):
+    # A name that none of our tasks has sends the harness indexing its thousands (15-20 s).
     with pytest.raises(ConfigError, match="unknown harness task 'local_choise'.*local_choice"):
         evaluate.task_manager(["local_choise"], [harness_local_tasks_dir(tmp_path)])
+
+
+def test_bad_input_is_a_user_error(lm, exports, params, tmp_path):
     with pytest.raises(ConfigError, match="exceeds the model's context of 128"):
         harness_model.GPT1LM(init_from=str(exports[0]), max_length=1024)
     with pytest.raises(ConfigError, match="longer than the context of 128"):
@@ -226,3 +231,12 @@ def test_pretraining_evaluator_scores_new_params_without_recompiling(params, tmp
     second = evaluator(jax.tree.map(lambda x: x * 1.5, params))
     assert second["harness/local_lastword/perplexity"] != first["harness/local_lastword/perplexity"]
     assert evaluator.lm.scorer.compiled_programs() == compiled
+
+
+def test_the_harness_command_line_module_registers_the_model_in_lm_evals_registry():
+    # `python -m gpt1_jax.cli.lm_eval_main ...` is lm-eval's own command line after this import.
+    import importlib
+
+    from lm_eval.api.registry import get_model
+    importlib.import_module("gpt1_jax.cli.lm_eval_main")
+    assert get_model("gpt1_jax") is harness_model.GPT1LM

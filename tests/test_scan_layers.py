@@ -23,8 +23,8 @@ def per_layer_params(cfg):
     return nn.meta.unbox(init(jax.random.key(0), jnp.zeros((1, cfg.n_ctx), jnp.int32))["params"])
 
 
-@pytest.mark.parametrize("remat", [pytest.param("none", marks=pytest.mark.slow), "dots",
-                                   pytest.param("block", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("remat", ["none", "dots", "block"])
 def test_scanned_loss_and_gradients_equal_per_layer(remat):
     cfg = dataclasses.replace(TINY, remat=remat)
     scanned_cfg = dataclasses.replace(cfg, scan_layers=True)

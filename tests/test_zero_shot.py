@@ -106,6 +106,7 @@ def test_dprd_substitutes_each_candidate_and_scores_the_rest(tmp_path):
         zero_shot.read_dprd(tmp_path / "bad.txt")
 
 
+@pytest.mark.slow
 def test_the_command_draws_the_curve_over_every_checkpoint_of_a_run_on_real_data(pretrained, shared_data,
                                                                                 tmp_path):
     workdir = shutil.copytree(pretrained, tmp_path / "run")
