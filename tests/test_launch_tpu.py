@@ -142,6 +142,46 @@ def test_a_job_that_dies_during_start_up_is_a_one_line_error_and_the_vm_is_kept(
     assert "(exit status 1): ValueError: coordinator_address should be defined." in one_error_line(result)
 
 
+@pytest.mark.slow
+def test_status_logs_and_stop_follow_a_job_and_supervise_ends_on_a_failure_a_retry_would_not_fix(
+        cloud, corpus, tmp_path):
+    env, state = cloud
+    env.update(jobs.env(1), PATH=env["PATH"])
+    job = ["--", "--config=configs/tiny.py", *jobs.SMALL_JOB, "--config.distributed.initialize=False",
+           "--config.train.num_steps=100000", "--config.checkpoint.every_steps=1000", "--config.train.progress=False",
+           f"--config.data.text_files={corpus / 'book.txt'}", f"--config.data.cache_dir={corpus / 'cache'}"]
+    workdir = tmp_path / "run"
+    started = launcher(env, "run", "--name=one", "--type=v4-8", f"--workdir={workdir}", "--no-install",
+                       "--poll-secs=0.5", *job, timeout=300)
+    assert started.returncode == 0 and "the job is training" in started.stderr + started.stdout, jobs.output(started)
+
+    status = launcher(env, "status", "--name=one", "--poll-secs=0.5")
+    assert status.returncode == 0 and "TPU VM one: READY" in status.stdout, jobs.output(status)
+    [worker] = [line for line in status.stdout.splitlines() if line.strip().startswith("worker 0:")]
+    assert "running, step " in worker, status.stdout
+    logs = launcher(env, "logs", "--name=one", "--worker=0", "--lines=5")
+    assert logs.returncode == 0 and len(logs.stdout.strip().splitlines()) == 5, jobs.output(logs)
+
+    stopped = launcher(env, "stop", "--name=one")
+    assert stopped.returncode == 0 and "stopped the job on every worker" in stopped.stderr + stopped.stdout
+    # The job got SIGTERM, committed its step and exited "resume me".
+    worker_log = state / "nodes" / "one" / "worker-0" / "gpt1_jax_worker.log"
+    assert "the job exited with status 42" in worker_log.read_text(), worker_log.read_text()[-2000:]
+    assert jobs.finished_steps(workdir), "the stop committed no checkpoint"
+    deleted = launcher(env, "stop", "--name=one", "--delete")
+    assert deleted.returncode == 0 and node_state(state, "one") is None
+    assert "TPU VM one: absent" in launcher(env, "status", "--name=one").stdout
+
+    # A job that fails (here: its data is missing) is not relaunched: one line, exit 1, one creation.
+    creations = count(state, "compute", "tpus", "queued-resources", "create")
+    result = launcher(env, "supervise", "--name=two", "--type=v4-8", f"--workdir={tmp_path / 'run2'}",
+                      "--no-install", "--poll-secs=0.5", "--max-relaunches=3", *job[:-2],
+                      f"--config.data.text_files={tmp_path / 'missing' / 'book.txt'}", timeout=300)
+    assert "the job failed during start-up" in one_error_line(result)
+    assert count(state, "compute", "tpus", "queued-resources", "create") == creations + 1
+    assert "relaunch" not in result.stderr + result.stdout
+
+
 STEPS = 40
 POD_JOB = [*jobs.TINY_MODEL, f"--config.train.num_steps={STEPS}", "--config.train.batch_size=8",
            "--config.train.log_every_steps=1", "--config.train.eval_batches=1",
