@@ -1,6 +1,7 @@
 """Every command a user runs lives in gpt1_jax/cli/ and treats its flags as the job treats its
-config: each numeric flag at 0 and at -1 is either accepted because its help says what it means,
-or refused while the flags are parsed, as one `error:` line. Help texts print as written: absl
+config: each numeric flag at 0 and at -1 (and each float flag above 1, where a fraction would
+end) is either accepted because its help says what it means, or refused while the flags are
+parsed, as one `error:` line. Help texts print as written: absl
 would expand a bare `%` in a docstring, and a backslash at a line's end in a plain string joins
 the lines into a run of spaces.
 """
@@ -15,18 +16,19 @@ import jobs
 
 CLI = jobs.REPO / "gpt1_jax" / "cli"
 
-# command -> (flags it requires, {flag: the values of 0 and -1 that its help gives a meaning})
+# command -> (flags it requires, {flag: the values of 0, -1 and (float flags) 1.5 that its help gives
+# a meaning}); a fraction (top_p, dropout) refuses 1.5, a temperature, a count or seconds take it.
 COMMANDS = {
     "sample": (["--init_from=x", "--prompt=p"],
-               {"temperature": {0}, "top_k": {0}, "seed": {0}, "stop_token": {0, -1}}),
+               {"temperature": {0, 1.5}, "top_k": {0}, "seed": {0}, "stop_token": {0, -1}}),
     "convert": (["--from=openai", "--to=orbax"], {}),
     "zero_shot": (["--workdir=x"], {"max_examples": {0}}),
     "bench": ([], {"batch_size": {0}, "attention_block": {0}, "dropout": {0}, "warmup": {0}}),
     "bench_generate": (["--init_from=x"], {}),
     "aot": (["--config=configs/tiny.py", "--topology=v5e-8"], {}),
     "evaluate_lm": (["--init_from=x"], {"max_documents": {0}, "stride": {0}}),
-    "harness": (["--init_from=x", "--tasks=t"], {"num_fewshot": {0}, "bench": {0}}),
-    "sweep": (["--study=configs/sweeps/sst2_lr_lm_coef.py", "--root=x"], {}),
+    "harness": (["--init_from=x", "--tasks=t"], {"num_fewshot": {0}, "bench": {0}, "limit": {1.5}}),
+    "sweep": (["--study=configs/sweeps/sst2_lr_lm_coef.py", "--root=x"], {"poll_secs": {1.5}}),
 }
 # Commands without numeric flags of their own: the job (its numbers are config keys, checked by
 # config_rules and tests/test_config_rules.py), the harness's own command line, and the one-trial
@@ -45,7 +47,7 @@ for name, required in json.loads(sys.argv[1]).items():
     numeric = [f for f in own if type(f.parser).__name__ in ("IntegerParser", "FloatParser")]
     accepted = {}
     for flag in numeric:
-        for value in (0, -1):
+        for value in (0, -1, 1.5) if type(flag.parser).__name__ == "FloatParser" else (0, -1):
             flags.FLAGS.unparse_flags()
             try:
                 flags.FLAGS(["prog", *required, f"--{flag.name}={value}"])
