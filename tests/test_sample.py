@@ -66,9 +66,17 @@ def test_generation_benchmark_decodes_the_same_tokens_with_and_without_the_cache
     result = bench_generate.benchmark(loading.load(workdir), batch_size=2, prompt_tokens=8, new_tokens=8,
                                       repeats=1)
     assert result["same_tokens"] and result["new_tokens"] == 8 and result["cached_s"] > 0
-    with pytest.raises(ValueError, match="exceeds the model's context of 24"):
-        bench_generate.benchmark(loading.load(workdir), 1, prompt_tokens=16, new_tokens=16, repeats=1)
     # The documented command prints the result as one JSON object.
     done = jobs.run([sys.executable, "-m", "gpt1_jax.cli.bench_generate", f"--init_from={workdir}",
                      "--prompt_tokens=4", "--new_tokens=4", "--repeats=1"], timeout=120)
     assert json.loads(done.stdout.strip().splitlines()[-1])["same_tokens"]
+
+
+@pytest.mark.slow
+def test_a_generation_benchmark_longer_than_the_context_is_one_error_line(workdir):
+    result = jobs.run([sys.executable, "-m", "gpt1_jax.cli.bench_generate", f"--init_from={workdir}",
+                       "--prompt_tokens=16", "--new_tokens=16", "--repeats=1"], expect_ok=False, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, jobs.output(result)
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: bench_generate: prompt_tokens + new_tokens = 32 exceeds the model's context of 24; "
+        "lower --prompt_tokens or --new_tokens"), jobs.output(result)
