@@ -44,7 +44,7 @@ class StopRequested:
 
     Once stopping, a watchdog runs: a job still running `grace_period_secs` later (a long
     step, a slow file system) is ended by `on_expiry` (default: a message and exit status
-    1) before the scheduler's SIGKILL can come unannounced; a checkpoint it was writing
+    42, "resume me": rerunning is safe) before the scheduler's SIGKILL can come unannounced; a checkpoint it was writing
     stays uncommitted, so the next run resumes from the last committed one. Later signals
     are reported and otherwise ignored: a second Ctrl-C must not abandon the checkpoint
     being written. `grace_period_secs <= 0` waits without limit.
