@@ -36,6 +36,19 @@ def cloud(tmp_path):
     return env, state
 
 
+@pytest.mark.parametrize("name, expected", [
+    ("v4-8", ("v4-8", "tpu-ubuntu2204-base", 1)), ("v4-32", ("v4-32", "tpu-ubuntu2204-base", 4)),
+    ("v5p-8", ("v5p-8", "v2-alpha-tpuv5", 1)), ("v5p-128", ("v5p-128", "v2-alpha-tpuv5", 16)),
+    ("v5e-8", ("v5litepod-8", "v2-alpha-tpuv5-lite", 1)), ("v5litepod-16", ("v5litepod-16", "v2-alpha-tpuv5-lite", 4)),
+    ("v6e-4", ("v6e-4", "v2-alpha-tpuv6e", 1)), ("v6e-256", ("v6e-256", "v2-alpha-tpuv6e", 64))])
+def test_each_generation_gets_its_runtime_image_and_its_host_count(name, expected):
+    # v4 and v5p name TensorCores (2 a chip), v5e and v6e chips; 4 chips a host, up to 8 on one.
+    sys.path.insert(0, str(jobs.REPO / "launch"))
+    import tpu
+    tpu_slice = tpu.parse_slice(name)
+    assert (tpu_slice.accelerator_type, tpu_slice.runtime, tpu_slice.hosts) == expected
+
+
 def launcher(env, *args, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run([*LAUNCHER, *args], cwd=jobs.REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
