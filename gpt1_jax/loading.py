@@ -7,6 +7,7 @@ the decoding benchmark, the orbax reader of `convert`).
 latest finished checkpoint); local or gs://.
 """
 import dataclasses
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ from gpt1_jax import model as model_lib
 from gpt1_jax import tokenizers
 from gpt1_jax.checkpoint import CheckpointError
 from gpt1_jax.storage import rundir
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,12 +109,34 @@ def load_tokenizer(source: Pretrained) -> tokenizers.Tokenizer | None:
     return tokenizers.load_tokenizer(source.tokenizer_dir)
 
 
-def load(init_from, abstract_params: Callable[[model_lib.ModelConfig], Any] | None = None
-         ) -> LoadedModel:
+def load(init_from, abstract_params: Callable[[model_lib.ModelConfig], Any] | None = None,
+         attempts: int = 3) -> LoadedModel:
     """The model at `init_from` (a path or a `find` result). Its parameters are restored into
     `abstract_params(config)` (shapes with shardings: e.g. a task model's tree over a mesh);
-    by default the language model's tree on this process's first device."""
-    source = init_from if isinstance(init_from, Pretrained) else find(init_from)
+    by default the language model's tree on this process's first device.
+
+    A workdir's newest step that the run's rotation deletes while it is read (a run still
+    training, with a small `checkpoint.max_to_keep`) is looked up again, up to `attempts`
+    times; a step named explicitly, or one that is still there, is not."""
+    for attempt in range(1, attempts + 1):
+        source = init_from if isinstance(init_from, Pretrained) else find(init_from)
+        try:
+            return _load(source, abstract_params)
+        except CheckpointError:
+            if attempt == attempts or not _rotated_away(init_from, source):
+                raise
+            log.warning("%s was deleted by the run's rotation while it was read; reading the newest step again",
+                        source.path)
+    raise AssertionError("unreachable")
+
+
+def _rotated_away(init_from, source: Pretrained) -> bool:
+    """Whether `find` chose a step of the workdir `init_from` that is gone now."""
+    return (not isinstance(init_from, Pretrained) and source.kind == "state"
+            and source.path != rundir.path(init_from) and not source.path.exists())
+
+
+def _load(source: Pretrained, abstract_params) -> LoadedModel:
     config = model_config(source)
     if abstract_params is None:
         one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -322,6 +322,35 @@ def test_zero_shot_with_no_task_says_so_and_leaves_the_earlier_results(tmp_path)
     assert json.loads((tmp_path / rundir.ZERO_SHOT_JSON).read_text()) == earlier
 
 
+def test_loading_a_workdir_reads_the_newest_step_again_when_rotation_deletes_it_under_the_read(
+        pretrained, tmp_path, monkeypatch):
+    # A run still training commits step 4 and its rotation deletes step 3 while `sample`,
+    # `evaluate_lm` or `init_from` (all through loading.load) read step 3.
+    from gpt1_jax import loading
+    workdir = copy_of(pretrained, tmp_path)
+    shutil.rmtree(workdir / rundir.EXPORT)  # not finished: the newest checkpoint is what loads
+    checkpoints = workdir / "checkpoints"
+    expected = loading.load(checkpoints / "3").params
+    real_read = checkpoint_lib.load_params_from_state
+    reads = []
+
+    def rotated_then_read(step_dir, *args, **kwargs):
+        reads.append(pathlib.Path(step_dir).name)
+        if pathlib.Path(step_dir).name == "3":
+            shutil.copytree(checkpoints / "3", checkpoints / "4")
+            shutil.rmtree(checkpoints / "3")
+        return real_read(step_dir, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_lib, "load_params_from_state", rotated_then_read)
+    loaded = loading.load(workdir)
+    assert reads == ["3", "4"] and loaded.source.path.name == "4"
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params, expected)
+    # A step named explicitly, or one still there, is not looked up again: its error stands.
+    shutil.rmtree(checkpoints / "4" / "state")
+    with pytest.raises(checkpoint_lib.CheckpointError, match="state is missing"):
+        loading.load(workdir)
+
+
 def test_zero_shot_skips_a_step_rotated_away_while_it_is_read(pretrained, tmp_path, monkeypatch):
     # A run still training deletes its oldest step (rotation) between the listing and the read.
     from gpt1_jax import loading
