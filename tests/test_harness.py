@@ -164,6 +164,73 @@ def test_zero_shot_tasks_equal_the_zero_shot_evaluators(lm, exports):
     assert f"{found['gpt1_cola/mcc']:.3f}" == f"{expected['cola']:.3f}"
 
 
+DPRD_SENTENCES = [
+    ("The trophy did not fit in the suitcase because it was too big .", "it", "trophy,suitcase", "trophy"),
+    ("The trophy did not fit in the suitcase because it was too small .", "it", "trophy,suitcase", "suitcase"),
+    ("The city councilmen refused the demonstrators a permit because they feared violence .", "they",
+     "city councilmen,demonstrators", "city councilmen"),
+    ("The city councilmen refused the demonstrators a permit because they advocated violence .", "they",
+     "city councilmen,demonstrators", "demonstrators"),
+    ("John could not see the stage with Billy in front of him because he is so short .", "he",
+     "John,Billy", "John"),
+    ("John could not see the stage with Billy in front of him because he is so tall .", "he", "John,Billy", "Billy"),
+    ("The man could not lift his son because he was so weak .", "he", "man,son", "man"),
+    ("The man could not lift his son because he was so heavy .", "he", "man,son", "son"),
+]
+
+RACE_FILES = {
+    "middle/1.txt": {"article": "Tom has a small dog . Every morning he walks the dog in the park near his house .",
+                     "questions": ["Where does Tom walk his dog ?", "What does Tom have ?"],
+                     "options": [["in the park", "at school", "in the shop", "at the sea"],
+                                 ["a cat", "a small dog", "a bird", "a fish"]],
+                     "answers": ["A", "B"]},
+    "middle/2.txt": {"article": "The library opens at nine and closes at five . Children love its story hour .",
+                     "questions": ["When does the library close ?"],
+                     "options": [["at nine", "at noon", "at five", "at night"]], "answers": ["C"]},
+    "high/1.txt": {"article": "Scientists found that sleep helps the brain store what was learned during the day .",
+                   "questions": ["What does sleep help the brain do ?", "Who found it ?"],
+                   "options": [["forget things", "grow faster", "feel hungry", "store what was learned"],
+                               ["teachers", "scientists", "doctors", "parents"]],
+                   "answers": ["D", "B"]},
+}
+
+
+@pytest.mark.slow
+def test_race_and_dprd_tasks_equal_the_zero_shot_evaluators(lm, exports, tmp_path):
+    dprd_file = tmp_path / "dprd.txt"
+    dprd_file.write_text("".join("\n".join(block) + "\n\n" for block in DPRD_SENTENCES))
+    for name, record in RACE_FILES.items():
+        path = tmp_path / "race" / "RACE" / "test" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    race_dir = tmp_path / "race"
+    # max_examples takes the same subset (DPRD: 6 of 8) as the zero-shot command.
+    metadata = {"tokenizer": str(exports[0] / "tokenizer"), "max_examples": 6, "dprd_file": str(dprd_file),
+                "race_dir": str(race_dir)}
+    tasks = ["gpt1_race", "gpt1_dprd"]
+    results = evaluate.run(lm, tasks, evaluate.task_manager(tasks, metadata=metadata), log_samples=True)
+    found = evaluate.metrics(results)
+    data = zero_shot.load_zero_shot_data(race_dir=str(race_dir), dprd_file=str(dprd_file), max_examples=6)
+    assert len(data.dprd) == 6 and len(data.race) == 5
+    scorer = zero_shot.LMScorer(CFG, lm.loaded.params)
+    expected = zero_shot.evaluate_checkpoint(scorer, lm.tokenizer_, data)
+    # The zero-shot command prints 3 decimals; here every example's outcome agrees too.
+    assert f"{found['gpt1_race/acc_token_mean']:.3f}" == f"{expected['race']:.3f}"
+    assert f"{found['gpt1_dprd/acc_token_mean']:.3f}" == f"{expected['dprd']:.3f}"
+    predictions = {"gpt1_race": zero_shot.multiple_choice_predictions(scorer, lm.tokenizer_, data.race),
+                   "gpt1_dprd": zero_shot.dprd_predictions(scorer, lm.tokenizer_, data.dprd)}
+    labels = {"gpt1_race": [e.label for e in data.race], "gpt1_dprd": [e.answer for e in data.dprd]}
+    for task in tasks:
+        samples = sorted(results["samples"][task], key=lambda sample: sample["doc_id"])
+        assert [sample["acc_token_mean"] for sample in samples] == [
+            float(p == label) for p, label in zip(predictions[task], labels[task])]
+    # DPRD's requests: one context per candidate, the same rest of the sentence after each.
+    first = sorted(results["samples"]["gpt1_dprd"], key=lambda sample: sample["doc_id"])[0]
+    assert [tuple(args) for args in first["arguments"]] == [
+        ("The trophy did not fit in the suitcase because trophy", " was too big ."),
+        ("The trophy did not fit in the suitcase because suitcase", " was too big .")]
+
+
 @pytest.mark.slow
 def test_an_unknown_task_is_a_user_error_naming_the_close_ones(tmp_path):
     # A name that none of our tasks has sends the harness indexing its thousands (15-20 s).
@@ -176,16 +243,78 @@ def test_bad_input_is_a_user_error(lm, exports, params, tmp_path):
         harness_model.GPT1LM(init_from=str(exports[0]), max_length=1024)
     with pytest.raises(ConfigError, match="longer than the context of 128"):
         lm._row([1, 2], list(range(200)))
-    finetuned = tmp_path / "finetuned"
-    loading.write_export(finetuned, params, dataclasses.asdict(CFG), tokenizers.gpt1_bpe_tokenizer(),
-                         task={"task": "sst2", "max_len": 64})
-    with pytest.raises(UserError, match="fine-tuned on 'sst2', not a language model"):
-        harness_model.GPT1LM(init_from=str(finetuned))
+    # Something that is not a language model (no tokenizer to read text with): one clear error.
+    no_tokenizer = tmp_path / "no_tokenizer"
+    loading.write_export(no_tokenizer, params, dataclasses.asdict(CFG), None)
+    with pytest.raises(UserError, match="records no tokenizer .* not a language model"):
+        harness_model.GPT1LM(init_from=str(no_tokenizer))
     os.environ.pop("GPT1_JAX_GLUE_DIR", None)
     missing = tmp_path / "no_glue_here"
     manager = evaluate.task_manager(["gpt1_sst2"], metadata={"glue_dir": str(missing)})
     with pytest.raises(DataError, match=f"glue_dir={missing}: no such directory"):
         evaluate.run(lm, ["gpt1_sst2"], manager)
+    manager = evaluate.task_manager(["gpt1_dprd"], metadata={"dprd_file": str(missing / "dprd.txt")})
+    with pytest.raises(DataError, match=f"dprd_file={missing / 'dprd.txt'}: no such file"):
+        evaluate.run(lm, ["gpt1_dprd"], manager)
+
+
+def test_a_fine_tuned_model_is_evaluated_as_its_body_over_the_base_vocabulary(params, tmp_path, capsys):
+    from lm_eval.api.instance import Instance
+
+    from gpt1_jax import heads
+    from gpt1_jax.data import tasks as tasks_lib
+    from gpt1_jax.jobs import finetune
+    # A fine-tuned model as the fine-tuning job makes it: fresh task params (token table with the
+    # start/delimiter/classify rows appended, the task head) with the pretrained body transplanted
+    # in, then changed everywhere as training would change them.
+    task_config = dataclasses.replace(CFG, n_special=finetune.N_SPECIAL)
+    task_model = heads.task_model(tasks_lib.get_task("sst2"), task_config, clf_pdrop=0.1)
+    fresh = nn.meta.unbox(task_model.init(jax.random.key(1), jnp.zeros((1, 1, 8), jnp.int32),
+                                          jnp.zeros((1, 1), jnp.int32))["params"])
+    tuned = jax.tree.map(lambda x: x * 1.05 + 0.001, finetune.transplant(params, fresh, -1))
+    assert tuned["transformer"]["tokens_embed"]["embedding"].shape[0] == CFG.vocab_size + 3
+    tokenizer = tokenizers.gpt1_bpe_tokenizer()
+    loading.write_export(tmp_path / "finetuned", tuned, dataclasses.asdict(task_config), tokenizer,
+                         task={"task": "sst2", "max_len": 64})
+    body = dict(tuned["transformer"])
+    body["tokens_embed"] = {"embedding": body["tokens_embed"]["embedding"][:CFG.vocab_size]}
+    loading.write_export(tmp_path / "body", body, dataclasses.asdict(CFG), tokenizer)
+
+    ours = harness_model.GPT1LM(init_from=str(tmp_path / "finetuned"), batch_size=8, progress=False)
+    printed = capsys.readouterr().out
+    assert "evaluating the body of a model fine-tuned on 'sst2'" in printed and len(printed.splitlines()) == 1
+    assert ours.loaded.config.embedding_rows == CFG.vocab_size and "clf" not in ours.loaded.params
+    base = harness_model.GPT1LM(init_from=str(tmp_path / "body"), batch_size=8, progress=False)
+    requests = [Instance("loglikelihood", {}, (context, continuation), i) for i, (context, continuation) in
+                enumerate([("the cat sat on the", " mat"), ("it was the best of times ,", " it was the worst"),
+                           ("", "call me ishmael .")])]
+    found, expected = ours.loglikelihood(requests), base.loglikelihood(requests)
+    assert [logprob for logprob, _ in found] == pytest.approx([logprob for logprob, _ in expected], abs=1e-5)
+    assert [greedy for _, greedy in found] == [greedy for _, greedy in expected]
+    # The body with the special rows kept would score differently (its softmax spans them too).
+    tokens = tokenizer.encode("the cat sat on the mat")
+    n = len(tokens) - len(tokenizer.encode("the cat sat on the"))
+    logits_TxV = model_lib.GPT1(task_config).apply({"params": tuned["transformer"]}, jnp.array([tokens[:-1]]))[0][0]
+    targets = jnp.array(tokens[1:])[-n:, None]
+
+    def continuation_logprob(logits_TxV):
+        return float(jnp.take_along_axis(jax.nn.log_softmax(logits_TxV[-n:]), targets, axis=-1).sum())
+    assert continuation_logprob(logits_TxV[:, :CFG.vocab_size]) == pytest.approx(found[0][0], abs=1e-5)
+    assert continuation_logprob(logits_TxV) != pytest.approx(found[0][0], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_a_pretraining_run_its_checkpoint_and_its_export_score_alike(pretrained):
+    # Any `init_from` the project loads: the run directory (its export, as it finished), one of
+    # its training checkpoints (the last one holds the exported params) and the export itself.
+    from lm_eval.api.instance import Instance
+    requests = [Instance("loglikelihood", {}, (context, continuation), i) for i, (context, continuation) in
+                enumerate([("the cat sat on the", " mat"), ("", "call me ishmael .")])]
+    scores = {name: harness_model.GPT1LM(init_from=str(path), batch_size=8, progress=False).loglikelihood(requests)
+              for name, path in [("run", pretrained), ("checkpoint", pretrained / "checkpoints" / "3"),
+                                 ("export", pretrained / "export")]}
+    assert scores["run"] == scores["export"]
+    assert [lp for lp, _ in scores["checkpoint"]] == pytest.approx([lp for lp, _ in scores["export"]], abs=1e-6)
 
 
 def harness_local_tasks_dir(tmp_path) -> str:

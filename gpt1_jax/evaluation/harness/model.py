@@ -8,19 +8,26 @@ Requests are turned into token rows exactly as the harness's `hf` backend does (
 `TemplateLM`: the same context/continuation split, the same left truncation to the context,
 the same rolling windows), so both backends on the same weights and token ids agree.
 """
+import dataclasses
 import logging
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import lm_eval.models  # noqa: F401  (registers the harness's own backends beside this one)
 from lm_eval import utils as lm_eval_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from gpt1_jax import generate as generate_lib
-from gpt1_jax import loading
+from gpt1_jax import heads, loading
+from gpt1_jax import model as model_lib
 from gpt1_jax.checkpoint import CheckpointError
+from gpt1_jax.data import tasks as tasks_lib
 from gpt1_jax.errors import ConfigError
 from gpt1_jax.evaluation import harness
 from gpt1_jax.evaluation.harness import scoring
+from gpt1_jax.storage import rundir
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +35,46 @@ DEFAULT_MAX_GEN_TOKS = 256   # the harness's default, as in its `hf` backend
 
 
 def load_language_model(init_from) -> loading.LoadedModel:
-    """`loading.load(init_from)`, refusing what cannot be scored as a language model."""
+    """`loading.load(init_from)` as a language model: a pre-training run or export as it is; a
+    fine-tuned model (a fine-tuning run, checkpoint or export) as its body, see `fine_tuned_body`.
+    CheckpointError for what cannot be scored as a language model (no tokenizer recorded)."""
     source = loading.find(init_from)
-    if source.task is not None:
-        raise CheckpointError(f"{source.path} holds a model fine-tuned on {source.task!r}, not a "
-                              f"language model; evaluate the pre-training run it started from")
-    loaded = loading.load(source)
-    if loaded.tokenizer is None:
-        raise CheckpointError(f"{source.path} records no tokenizer ({source.tokenizer_dir} is missing)")
+    if not rundir.has_tokenizer(source.tokenizer_dir):
+        raise CheckpointError(f"{source.path} records no tokenizer ({source.tokenizer_dir} is missing): "
+                              f"not a language model this project can read text with")
+    if source.task is None:
+        return loading.load(source)
+    loaded = fine_tuned_body(source)
+    print(f"gpt1_jax: evaluating the body of a model fine-tuned on {source.task!r} ({source.path}) as a "
+          f"language model: its transformer and tied LM head over the tokenizer's "
+          f"{loaded.config.vocab_size} tokens (the task head and the fine-tuning's special tokens dropped)")
     return loaded
+
+
+def fine_tuned_body(source: loading.Pretrained) -> loading.LoadedModel:
+    """The language model inside a fine-tuned model: the task model's `transformer` with the
+    rows that fine-tuning appended to its token table (start, delimiter, classify: `n_special`,
+    see jobs/finetune.py) dropped, so the tied head's logits cover exactly the vocabulary the
+    tokenizer produces; the task head `clf` is read and dropped. On this process's first device."""
+    config = loading.model_config(source)
+    task_model = heads.task_model(tasks_lib.get_task(source.task), config, clf_pdrop=0.0)
+    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def abstract_task_params(config):
+        # Parameter shapes depend on neither the number of sequences nor their length.
+        boxed = jax.eval_shape(task_model.init, jax.random.key(0), jnp.zeros((1, 1, 1), jnp.int32),
+                               jnp.zeros((1, 1), jnp.int32))
+        return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one_device),
+                                      nn.meta.unbox(boxed["params"]))
+
+    loaded = loading.load(source, abstract_task_params)
+    if loaded.tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(f"{source.path} records vocab_size={config.vocab_size} but its tokenizer has "
+                              f"{loaded.tokenizer.vocab_size} entries")
+    body = dict(model_lib.per_layer_params(loaded.params["transformer"]))
+    body["tokens_embed"] = {"embedding": body["tokens_embed"]["embedding"][:config.vocab_size]}
+    lm_config = dataclasses.replace(config, n_special=0)
+    return loading.LoadedModel(lm_config, body, loaded.tokenizer, source)
 
 
 @register_model("gpt1_jax")

@@ -9,6 +9,8 @@ harness's causal backends do, and stores the counts in the documents.
 
 Task metadata (`--metadata='{"glue_dir": ...}'`, or set by `python -m gpt1_jax.cli.harness`):
   glue_dir, story_cloze_dir   data directories (else $GPT1_JAX_GLUE_DIR, $GPT1_JAX_STORY_CLOZE_DIR)
+  race_dir                    the directory holding RACE/test/{middle,high}/ (else $GPT1_JAX_RACE_DIR)
+  dprd_file                   the DPRD (Rahman & Ng 2012) test file (else $GPT1_JAX_DPRD_FILE)
   tokenizer                   a gpt1_jax tokenizer directory or an HF tokenizer; else the
                               model's own: `init_from` (gpt1_jax) or `pretrained` (hf)
   max_examples, seed          as the zero-shot command's --max_examples (0: all) and its seed
@@ -24,18 +26,22 @@ from gpt1_jax.errors import ConfigError, DataError
 from gpt1_jax.evaluation import zero_shot
 from gpt1_jax.storage import rundir
 
-ENV = {"glue_dir": "GPT1_JAX_GLUE_DIR", "story_cloze_dir": "GPT1_JAX_STORY_CLOZE_DIR"}
+ENV = {"glue_dir": "GPT1_JAX_GLUE_DIR", "story_cloze_dir": "GPT1_JAX_STORY_CLOZE_DIR",
+       "race_dir": "GPT1_JAX_RACE_DIR", "dprd_file": "GPT1_JAX_DPRD_FILE"}
 
 
-def _data_dir(metadata: dict, key: str, needs: str) -> str:
-    directory = metadata.get(key) or os.environ.get(ENV[key])
-    if not directory:
+def _data_dir(metadata: dict, key: str, needs: str, is_file: bool = False) -> str:
+    """The directory (or with `is_file` the file) named by task metadata `key` or its variable."""
+    where = metadata.get(key) or os.environ.get(ENV[key])
+    what, placeholder = ("file", "FILE") if is_file else ("directory", "DIR")
+    if not where:
         raise DataError(f"this task reads {needs} from local files and nothing may be downloaded: give "
-                        f"its directory as task metadata {key!r} (--metadata='{{\"{key}\": DIR}}') "
+                        f"its {what} as task metadata {key!r} (--metadata='{{\"{key}\": {placeholder}}}') "
                         f"or ${ENV[key]}")
-    if not rundir.path(directory).is_dir():
-        raise DataError(f"{key}={directory}: no such directory (it holds {needs})")
-    return directory
+    path = rundir.path(where)
+    if not (path.is_file() if is_file else path.is_dir()):
+        raise DataError(f"{key}={where}: no such {what} (it holds {needs})")
+    return where
 
 
 def _encoder(metadata: dict):
@@ -88,6 +94,35 @@ def story_cloze(**metadata) -> datasets.DatasetDict:
     docs = [{"context": e.texts[0], "choices": list(e.texts[1:]), "label": int(e.label),
              "num_tokens": [_continuation_tokens(encode, e.texts[0], " " + c) for c in e.texts[1:]]}
             for e in data.story_cloze]
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+
+
+def race(**metadata) -> datasets.DatasetDict:
+    """RACE test (middle and high): the answer with the higher mean log-probability given
+    article + question."""
+    directory = _data_dir(metadata, "race_dir", "RACE/test/{middle,high}/*.txt")
+    data = _take(metadata, race_dir=directory)
+    encode = _encoder(metadata)
+    docs = [{"context": e.texts[0], "choices": list(e.texts[1:]), "label": int(e.label),
+             "num_tokens": [_continuation_tokens(encode, e.texts[0], " " + c) for c in e.texts[1:]]}
+            for e in data.race]
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+
+
+def dprd(**metadata) -> datasets.DatasetDict:
+    """DPRD (Winograd): each candidate substituted for the pronoun gives a context; the one
+    after which the rest of the sentence has the higher mean log-probability wins (partial
+    scoring, `zero_shot.dprd_predictions`). One context per choice: the harness's "multiple
+    input" form (doc_to_text is the label, doc_to_choice the contexts, doc_to_target the rest)."""
+    path = _data_dir(metadata, "dprd_file", "the DPRD (Rahman & Ng 2012) sentences", is_file=True)
+    data = _take(metadata, dprd_file=path)
+    encode = _encoder(metadata)
+    docs = []
+    for e in data.dprd:
+        contexts = [" ".join(e.words[:e.pronoun_index] + (candidate,)) for candidate in e.candidates]
+        rest = " ".join(e.words[e.pronoun_index + 1:])
+        docs.append({"contexts": contexts, "rest": rest, "label": int(e.answer),
+                     "num_tokens": [_continuation_tokens(encode, c, " " + rest) for c in contexts]})
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
