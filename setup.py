@@ -41,7 +41,8 @@ EXTRAS_REQUIRE = {
              "optuna==5.1.0"],
     # Sweeps: Optuna studies of jobs (`python -m gpt1_jax.cli.sweep`, launch/sweep.py).
     "sweep": ["optuna==5.1.0"],
-    # EleutherAI's lm-evaluation-harness: `python -m gpt1_jax.cli.harness`, `lm_eval --model gpt1_jax`.
+    # EleutherAI's lm-evaluation-harness: `python -m gpt1_jax.cli.harness`, and the harness's own
+    # command line with the model registered: `python -m gpt1_jax.cli.lm_eval_main run --model gpt1_jax`.
     # accelerate: the harness's `hf` backend (the parity tests) needs it.
     "harness": ["lm-eval==0.4.13", "accelerate==1.16.0"],
     # Weights & Biases beside TensorBoard (`--config.tracking.wandb=True`).

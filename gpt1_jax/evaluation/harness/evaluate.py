@@ -2,8 +2,8 @@
 the run directory) and the callable a pre-training job runs every N steps.
 
 Everything is offline: the harness's datasets and hub are told so before they are imported,
-tasks read local files (this package's tasks take their data directories from the
-`GPT1_JAX_EVAL_DATA` environment variable or `--metadata`), and a task whose data is not
+tasks read local files (this package's tasks take their data from task metadata,
+`--metadata`, or variables such as `$GPT1_JAX_GLUE_DIR`: tasks/gpt1_zero_shot/utils.py), and a task whose data is not
 here is reported as a `DataError` naming what is missing.
 """
 import datetime
@@ -91,8 +91,8 @@ def write(results: dict, output_dir) -> tuple[str, str]:
 
 
 class PretrainingEvaluator:
-    """params -> {"harness/<task>/<metric>": value}, for a pre-training job to call every
-    `eval.harness_every_steps` steps and log like the validation loss.
+    """params -> {"harness/<task>/<metric>": value}, for a pre-training job to call at every
+    evaluation (`train.eval_every_steps`, and step 0) and log like the validation loss.
 
     Built once: the tasks are checked at once, the model and its scoring programs are made
     at the first call and reused (new parameters, same shapes: nothing recompiles).
