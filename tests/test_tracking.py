@@ -107,3 +107,34 @@ def test_a_pretraining_job_logs_harness_tasks_and_mirrors_its_metrics_to_wandb(c
     panels = plots.drawn_series((workdir / rundir.CURVES).read_bytes())
     harness_series = {name for p in panels if p["panel"].startswith("harness: ") for name in p["series"]}
     assert harness_series == {k.removeprefix("val_harness/") for k in harness_keys}
+
+
+@pytest.mark.slow
+def test_a_pretraining_job_killed_and_resumed_appends_to_its_wandb_run(corpus, tmp_path):
+    # The real job, not its logging alone: SIGTERM mid-run (exit 42, a checkpoint committed),
+    # then the same command again resumes the run and its W&B run.
+    workdir = tmp_path / "run"
+    env = jobs.env(1, WANDB_MODE="offline", WANDB_SILENT="true")
+    argv = jobs.pretrain_argv(corpus, workdir, "--config.train.num_steps=40", "--config.checkpoint.every_steps=1000",
+                              "--config.tracking.wandb=True")
+    first = jobs.start(argv, env)
+    jobs.wait_for(lambda: any(r.get("step", 0) >= 5 for r in jobs.metric_records(workdir)), first, poll=0.1)
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 42, stderr[-3000:]
+    stopped_at = max(jobs.losses(workdir))
+    resumed = jobs.run(argv, env)
+    assert jobs.resumed_from(resumed.stdout) == stopped_at
+
+    files = _run_files(workdir)
+    run_id = (workdir / tracking.ID_FILE).read_text().strip()
+    assert len(files) == 2 and [wandb_records.run_id(f) for f in files] == [run_id, run_id]
+    last_by_step = {}
+    for f in files:
+        for row in wandb_records.history(f):
+            last_by_step[row["step"]] = {k: v for k, v in row.items() if not k.startswith("_")}
+    logged = jobs.metric_records(workdir)
+    assert sorted(row["step"] for row in logged if "loss" in row) == list(range(1, 41))
+    for row in logged:  # every scalar of metrics.jsonl, in the one W&B run
+        numeric = {k: v for k, v in row.items() if isinstance(v, int | float) and k != "step"}
+        assert {k: last_by_step[row["step"]][k] for k in numeric} == numeric
