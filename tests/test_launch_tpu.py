@@ -195,6 +195,40 @@ def test_status_logs_and_stop_follow_a_job_and_supervise_ends_on_a_failure_a_ret
     assert "relaunch" not in result.stderr + result.stdout
 
 
+@pytest.mark.slow
+def test_supervise_relaunches_at_most_max_relaunches_times_then_ends_with_the_checkpoint_intact(
+        cloud, corpus, tmp_path):
+    env, state = cloud
+    env.update(jobs.env(1), PATH=env["PATH"])
+    workdir = tmp_path / "run"
+    supervisor = subprocess.Popen(
+        [*LAUNCHER, "supervise", "--name=one", "--type=v4-8", "--spot", f"--workdir={workdir}", "--no-install",
+         "--poll-secs=0.5", "--notice-secs=20", "--max-relaunches=1", "--", "--config=configs/tiny.py",
+         *jobs.SMALL_JOB, "--config.distributed.initialize=False", "--config.train.num_steps=100000",
+         "--config.checkpoint.every_steps=1000", "--config.train.progress=False",
+         f"--config.data.text_files={corpus / 'book.txt'}", f"--config.data.cache_dir={corpus / 'cache'}"],
+        cwd=jobs.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        last_step = 0
+        for launch in (1, 2):  # each launch trains a few steps past the last, then is preempted
+            jobs.wait_for(lambda launch=launch, after=last_step: max(jobs.losses(workdir), default=0) >= after + 3
+                          and count(state, "compute", "tpus", "queued-resources", "create") == launch,
+                          supervisor, poll=0.2)
+            subprocess.run(["gcloud", "_preempt", "one"], env=env, check=True, timeout=60)
+            last_step = max(jobs.losses(workdir))  # what the preempted launch logged, to its SIGTERM
+        stdout, stderr = supervisor.communicate(timeout=300)
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.communicate()
+    result = subprocess.CompletedProcess(supervisor.args, supervisor.returncode, stdout, stderr)
+    assert "still not finished after --max-relaunches=1" in one_error_line(result)
+    assert "relaunch 1 of at most 1" in stdout and "relaunch 2" not in stdout, stdout
+    assert count(state, "compute", "tpus", "queued-resources", "create") == 2
+    # Each preemption's SIGTERM committed the step it reached: the second launch's is kept.
+    assert jobs.finished_steps(workdir)[-1] >= last_step
+
+
 STEPS = 40
 POD_JOB = [*jobs.TINY_MODEL, f"--config.train.num_steps={STEPS}", "--config.train.batch_size=8",
            "--config.train.log_every_steps=1", "--config.train.eval_batches=1",
