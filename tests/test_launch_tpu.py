@@ -165,7 +165,7 @@ def test_status_logs_and_stop_follow_a_job_and_supervise_ends_on_a_failure_a_ret
            f"--config.data.text_files={corpus / 'book.txt'}", f"--config.data.cache_dir={corpus / 'cache'}"]
     workdir = tmp_path / "run"
     started = launcher(env, "run", "--name=one", "--type=v4-8", f"--workdir={workdir}", "--no-install",
-                       "--poll-secs=0.5", *job, timeout=300)
+                       "--poll-secs=0.5", "--log-every-secs=1", *job, timeout=300)
     assert started.returncode == 0 and "the job is training" in started.stderr + started.stdout, jobs.output(started)
 
     status = launcher(env, "status", "--name=one", "--poll-secs=0.5")
@@ -174,6 +174,10 @@ def test_status_logs_and_stop_follow_a_job_and_supervise_ends_on_a_failure_a_ret
     assert "running, step " in worker, status.stdout
     logs = launcher(env, "logs", "--name=one", "--worker=0", "--lines=5")
     assert logs.returncode == 0 and len(logs.stdout.strip().splitlines()) == 5, jobs.output(logs)
+    # While it runs, the worker's log is copied beside the run every --log-every-secs.
+    copied = lambda: [p for p in (workdir / "logs").glob("*/worker-0.log") if "step" in p.read_text()]  # noqa: E731
+    jobs.wait_for(copied, timeout=60, poll=0.2)
+    assert "running" in launcher(env, "status", "--name=one").stdout
 
     stopped = launcher(env, "stop", "--name=one")
     assert stopped.returncode == 0 and "stopped the job on every worker" in stopped.stderr + stopped.stdout
