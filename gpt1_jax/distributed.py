@@ -133,25 +133,55 @@ def report_error(message: str) -> None:
 
 
 _watcher_stop = threading.Event()
+_said = threading.Lock()  # one `error: process I: ...` line, whichever thread sees it first
+
+
+def _posted_error() -> str | None:
+    """Another process's posted error, or None (none posted, or this process's own)."""
+    try:
+        message = _client().key_value_try_get(_ERROR_KEY)
+    except Exception:  # not posted (NOT_FOUND), or the runtime is shutting down
+        return None
+    return None if message.startswith(f"process {jax.process_index()}:") else message
+
+
+def _end_with(message: str) -> None:
+    """Prints another process's error as this one's single line and exits 1."""
+    if not _said.acquire(blocking=False):
+        time.sleep(3600)  # the other thread is printing it and ending the process
+    os.write(sys.stderr.fileno(), f"error: {message}\n".encode())
+    if jax.process_index() == 0:
+        # The failed process exits at once after posting; the coordination service
+        # (here) stays up a moment longer so that its exit is its own, not an abort.
+        time.sleep(_COORDINATOR_LINGER_SECS)
+    os._exit(1)
 
 
 def _watch_for_errors() -> None:
     # Polls with a non-blocking read and waits in Python: a thread parked inside a blocking
     # C++ call when the interpreter exits would abort the process.
-    client = _client()
     while not _watcher_stop.wait(_ERROR_POLL_SECS):
-        try:
-            message = client.key_value_try_get(_ERROR_KEY)
-        except Exception:  # not posted (NOT_FOUND), or the runtime is shutting down
-            continue
-        if message.startswith(f"process {jax.process_index()}:"):
+        message = _posted_error()
+        if message is not None:
+            _end_with(message)
+
+
+def end_if_another_process_failed(wait_secs: float = 2.0) -> None:
+    """After an unexpected exception: when another process has posted its error (it failed,
+    and this one's collective broke because it left: "Connection closed by peer"), that error
+    is this process's single line too, not the collective's traceback; exits 1. Waits up to
+    `wait_secs` for a post (a failed process posts before it exits). Returns when none came."""
+    if not is_multiprocess():
+        return
+    deadline = time.monotonic() + wait_secs
+    while True:
+        message = _posted_error()
+        if message is not None:
+            sys.stdout.flush()
+            _end_with(message)
+        if time.monotonic() >= deadline:
             return
-        os.write(sys.stderr.fileno(), f"error: {message}\n".encode())
-        if jax.process_index() == 0:
-            # The failed process exits at once after posting; the coordination service
-            # (here) stays up a moment longer so that its exit is its own, not an abort.
-            time.sleep(_COORDINATOR_LINGER_SECS)
-        os._exit(1)
+        time.sleep(_ERROR_POLL_SECS)
 
 
 def _stop_watching() -> None:

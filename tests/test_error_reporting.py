@@ -6,6 +6,7 @@ The bug is planted from outside, as a test must do it: a fresh interpreter impor
 point, replaces its `run_job` with one that raises, and runs `main` as `python -m` would.
 """
 import sys
+import threading
 
 import pytest
 
@@ -63,3 +64,33 @@ def test_a_config_mistake_is_one_error_line_and_status_1(tmp_path):
     assert error_lines(result.stderr) == ["error: model.d_model=32 is not divisible by model.n_head=5"], report
     assert result.stderr.rstrip().splitlines()[-1].startswith("error: "), report
     assert "Traceback" not in result.stderr, report
+
+
+def test_a_collective_broken_by_a_peer_that_failed_ends_with_that_peers_line(monkeypatch, capfd):
+    # Process 1 posted its error and left; process 0's collective then failed ("Connection closed
+    # by peer"). Process 0 ends with process 1's line, once, not the collective's traceback.
+    from gpt1_jax import distributed
+
+    class Coordinator:
+        def key_value_try_get(self, key):
+            assert key == distributed._ERROR_KEY
+            return "process 1: /tmp/a_file/cache: Not a directory"
+
+    class Exited(Exception):
+        pass
+
+    def exit_(status):
+        raise Exited(status)
+
+    monkeypatch.setattr(distributed, "is_multiprocess", lambda: True)
+    monkeypatch.setattr(distributed, "_client", Coordinator)
+    monkeypatch.setattr(distributed, "_said", threading.Lock())
+    monkeypatch.setattr(distributed, "_COORDINATOR_LINGER_SECS", 0.0)
+    monkeypatch.setattr(distributed.os, "_exit", exit_)
+    with pytest.raises(Exited) as ended:
+        distributed.end_if_another_process_failed(wait_secs=0.0)
+    assert ended.value.args == (1,)
+    assert capfd.readouterr().err == "error: process 1: /tmp/a_file/cache: Not a directory\n"
+    # This process's own post is not another's failure: nothing to end with.
+    monkeypatch.setattr(Coordinator, "key_value_try_get", lambda self, key: "process 0: its own")
+    assert distributed.end_if_another_process_failed(wait_secs=0.0) is None

@@ -49,6 +49,7 @@ def main(argv) -> None:
     except Exception:
         if not distributed.is_multiprocess():
             raise
+        distributed.end_if_another_process_failed()  # broken by a peer that failed: its line
         traceback.print_exc()  # a bug: its traceback, and the other processes told
         distributed.report_error(traceback.format_exc(limit=1).strip().splitlines()[-1])
         distributed.exit_now(stopping.EXIT_FAILED)
