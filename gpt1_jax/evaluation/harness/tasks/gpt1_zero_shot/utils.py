@@ -90,11 +90,7 @@ def story_cloze(**metadata) -> datasets.DatasetDict:
     """Story Cloze test: the ending with the higher mean log-probability given the story."""
     directory = _data_dir(metadata, "story_cloze_dir", "the Story Cloze spring-2016 CSV files")
     data = _take(metadata, story_cloze_dir=directory)
-    encode = _encoder(metadata)
-    docs = [{"context": e.texts[0], "choices": list(e.texts[1:]), "label": int(e.label),
-             "num_tokens": [_continuation_tokens(encode, e.texts[0], " " + c) for c in e.texts[1:]]}
-            for e in data.story_cloze]
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+    return _choices_after_a_context(data.story_cloze, _encoder(metadata))
 
 
 def race(**metadata) -> datasets.DatasetDict:
@@ -102,10 +98,14 @@ def race(**metadata) -> datasets.DatasetDict:
     article + question."""
     directory = _data_dir(metadata, "race_dir", "RACE/test/{middle,high}/*.txt")
     data = _take(metadata, race_dir=directory)
-    encode = _encoder(metadata)
+    return _choices_after_a_context(data.race, _encoder(metadata))
+
+
+def _choices_after_a_context(examples, encode) -> datasets.DatasetDict:
+    """Multiple-choice examples (texts = context, choice, choice, ...) as harness documents."""
     docs = [{"context": e.texts[0], "choices": list(e.texts[1:]), "label": int(e.label),
              "num_tokens": [_continuation_tokens(encode, e.texts[0], " " + c) for c in e.texts[1:]]}
-            for e in data.race]
+            for e in examples]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
