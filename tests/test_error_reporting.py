@@ -66,6 +66,39 @@ def test_a_config_mistake_is_one_error_line_and_status_1(tmp_path):
     assert "Traceback" not in result.stderr, report
 
 
+# A checkpoint read that fails fails in every concurrent read beside it (orbax reads arrays on an
+# asyncio loop); asyncio logs those siblings as the interpreter collects them on exit.
+FAILED_READS = """
+import asyncio, sys
+from gpt1_jax.cli import common
+from gpt1_jax.errors import UserError
+
+_siblings = []
+
+def main(argv):
+    loop = asyncio.new_event_loop()
+    for name in ("h_0.mlp", "h_1.attn"):
+        sibling = loop.create_future()
+        sibling.set_exception(ValueError(f"OUT_OF_RANGE reading {name}"))
+        _siblings.append(sibling)
+    _siblings.append(loop)
+    raise UserError("checkpoint /run/checkpoints/6 cannot be read: OUT_OF_RANGE reading h_0.attn")
+
+sys.argv = ["a_command"]
+common.run(main, "a_command")
+"""
+
+
+def test_a_failed_read_is_one_error_line_though_its_sibling_reads_failed_too():
+    result = jobs.run([sys.executable, "-c", FAILED_READS], expect_ok=False)
+    report = jobs.output(result)
+    assert result.returncode == 1, report
+    assert error_lines(result.stderr) == [
+        "error: a_command: checkpoint /run/checkpoints/6 cannot be read: OUT_OF_RANGE reading h_0.attn"], report
+    assert result.stderr.rstrip().splitlines()[-1].startswith("error: "), report
+    assert "never retrieved" not in result.stderr, report
+
+
 def test_a_collective_broken_by_a_peer_that_failed_ends_with_that_peers_line(monkeypatch, capfd):
     # Process 1 posted its error and left; process 0's collective then failed ("Connection closed
     # by peer"). Process 0 ends with process 1's line, once, not the collective's traceback.
