@@ -79,19 +79,45 @@ def _cause(error: BaseException, path) -> str:
     return f"{type(error).__name__}: {_first_line(str(error))}"
 
 
-def _is_abandoned_read(unraisable) -> bool:
-    # When one read of a step fails, orbax abandons its concurrent reads: Python reports
-    # each abandoned coroutine ("Exception ignored in", a page-long traceback), and reads
-    # that TensorStore completes later, from its own threads, find the restore's event
-    # loop closed, possibly while orbax is still unwinding the first failure. The error
-    # raised from that first failure already says what is wrong.
-    error = unraisable.exc_value
-    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-    return ((closed_loop and threading.current_thread() is not threading.main_thread())
-            or (_failed_reads["seen"] and asyncio.iscoroutine(unraisable.object)))
-
-
 _failed_reads = {"seen": False, "hook": False}
+
+
+def _abandoned_read_hook(previous, failed_reads: dict):
+    """A `sys.unraisablehook` that drops the reports of reads a failed restore abandoned.
+
+    When one read of a step fails, orbax abandons its concurrent reads: Python reports each
+    abandoned coroutine ("Exception ignored in", a page-long traceback), and reads that
+    TensorStore completes later, from its own threads, find the restore's event loop closed,
+    possibly while orbax is still unwinding the first failure. The error raised from that
+    first failure already says what is wrong. What the hook uses is bound here: the last
+    reports come at exit, when the interpreter may have cleared this module's globals."""
+    iscoroutine, current_thread, main_thread = asyncio.iscoroutine, threading.current_thread, threading.main_thread
+
+    def hook(unraisable) -> None:
+        error = unraisable.exc_value
+        closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+        try:
+            abandoned = ((closed_loop and current_thread() is not main_thread())
+                         or (failed_reads["seen"] and iscoroutine(unraisable.object)))
+        except Exception:  # the interpreter's last moments: asyncio's own globals are gone
+            abandoned = False
+        if not abandoned:
+            previous(unraisable)
+    return hook
+
+
+class _AbandonedReadLogs(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" for the abandoned reads that failed
+    alike: asyncio logs each when it is collected, at the latest at exit, after the command's
+    `error:` line."""
+
+    def __init__(self, failed_reads: dict):
+        super().__init__()
+        self.failed_reads = failed_reads
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        first_line = record.getMessage().split("\n", 1)[0]
+        return not (self.failed_reads["seen"] and first_line.endswith("exception was never retrieved"))
 
 
 def _quiet_abandoned_reads() -> None:
@@ -99,8 +125,8 @@ def _quiet_abandoned_reads() -> None:
     out of stderr, where the user should find one `error:` line (or a resume's warning)."""
     if _failed_reads["hook"]:
         return
-    previous = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None if _is_abandoned_read(unraisable) else previous(unraisable)
+    sys.unraisablehook = _abandoned_read_hook(sys.unraisablehook, _failed_reads)
+    logging.getLogger("asyncio").addFilter(_AbandonedReadLogs(_failed_reads))
     _failed_reads["hook"] = True
 
 

@@ -36,10 +36,6 @@ def fail(message: str) -> None:
     """Ends the command with one `error:` line (a multi-line message is joined) and status 1."""
     one_line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
     print(f"error: {one_line}", file=sys.stderr, flush=True)
-    # orbax reads a checkpoint's arrays concurrently on an asyncio loop: when one read fails, its
-    # siblings fail alike, and asyncio logs each as "Future exception was never retrieved" when the
-    # interpreter collects them on exit, after this line. The first of them was just reported.
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
     sys.exit(1)
 
 
