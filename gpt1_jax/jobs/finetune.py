@@ -12,7 +12,6 @@ import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from gpt1_jax import checkpoint as checkpoint_lib
@@ -49,13 +48,6 @@ def transplant(pretrained_params, fresh_params, transfer_layers: int):
     return params
 
 
-def _task_init(model, s: int, max_len: int):
-    """`init(rng) -> boxed params` of a task model over `s` sequences of `max_len` tokens."""
-    def init(rng):
-        return model.init(rng, jnp.zeros((1, s, max_len), jnp.int32), jnp.zeros((1, s), jnp.int32))["params"]
-    return init
-
-
 def _sharded_target(init, mesh, rules):
     """The abstract parameters `init(rng)` would make, in their shardings on `mesh`: a
     restore target."""
@@ -89,7 +81,7 @@ def run(config: ml_collections.ConfigDict, workdir, stop: stopping.StopRequested
     # Model, optimizer, run setup (the pretrained weights transplanted into a fresh state).
     ocfg = settings.optimizer_config(config, num_steps, warmup_steps=warmup)
     model = heads.task_model(spec, mcfg, config.finetune.clf_pdrop)
-    init_params = _task_init(model, s, data.max_len)
+    init_params = heads.init_params_fn(model, s, data.max_len)
     run_ = run_setup.setup_run(settings.run_setup(config), init_params,
                                heads.task_loss_fn(model, config.finetune.lm_coef), optim.make_optimizer(ocfg),
                                optim.learning_rate_schedule(ocfg), workdir=workdir,
@@ -251,7 +243,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir) -> dict:
     model = heads.task_model(spec, mcfg, config.finetune.clf_pdrop)
     s = next(iter(data.evals.values()))["tokens"].shape[1]
     mesh = sharding_lib.make_mesh(dict(config.mesh))
-    params = source.load_params(_sharded_target(_task_init(model, s, data.max_len), mesh,
+    params = source.load_params(_sharded_target(heads.init_params_fn(model, s, data.max_len), mesh,
                                                 settings.sharding_rules(config)))
     results = evaluate.evaluate_splits(model, params, data, config.train.batch_size, workdir)
     rundir.update_summary(workdir, {"eval": results, "evaluated": str(source.path)},

@@ -11,9 +11,7 @@ the same rolling windows), so both backends on the same weights and token ids ag
 import dataclasses
 import logging
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import lm_eval.models  # noqa: F401  (registers the harness's own backends beside this one)
 from lm_eval import utils as lm_eval_utils
 from lm_eval.api.model import TemplateLM
@@ -59,15 +57,7 @@ def fine_tuned_body(source: loading.Pretrained) -> loading.LoadedModel:
     config = loading.model_config(source)
     task_model = heads.task_model(tasks_lib.get_task(source.task), config, clf_pdrop=0.0)
     one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-
-    def abstract_task_params(config):
-        # Parameter shapes depend on neither the number of sequences nor their length.
-        boxed = jax.eval_shape(task_model.init, jax.random.key(0), jnp.zeros((1, 1, 1), jnp.int32),
-                               jnp.zeros((1, 1), jnp.int32))
-        return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one_device),
-                                      nn.meta.unbox(boxed["params"]))
-
-    loaded = loading.load(source, abstract_task_params)
+    loaded = loading.load(source, lambda config: heads.abstract_params(task_model, one_device))
     if loaded.tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(f"{source.path} records vocab_size={config.vocab_size} but its tokenizer has "
                               f"{loaded.tokenizer.vocab_size} entries")
