@@ -27,6 +27,7 @@ import gc
 import logging
 import sys
 import threading
+import time
 from typing import Any
 
 import jax
@@ -371,6 +372,19 @@ def finished_steps(checkpoints_dir) -> list[int]:
     checkpoints_dir = rundir.path(checkpoints_dir)
     return sorted(int(name) for name in rundir.list_names(checkpoints_dir)
                   if name.isdigit() and ocp.utils.is_checkpoint_finalized(checkpoints_dir / name))
+
+
+def deleted_by_rotation(step_dir, checks: int = 3, wait_secs: float = 1.0) -> bool:
+    """Whether a step that failed to load is being deleted by its run's rotation (a reader of a
+    run still training, with a small `checkpoint.max_to_keep`): gone now or within a few seconds,
+    since deleting many objects on gs:// is not instant. A step still there is damaged."""
+    step_dir = rundir.path(step_dir)
+    for check in range(checks):
+        if not step_dir.exists():
+            return True
+        if check < checks - 1:
+            time.sleep(wait_secs)
+    return False
 
 
 def save_params(directory, params: Any) -> None:

@@ -133,7 +133,7 @@ def load(init_from, abstract_params: Callable[[model_lib.ModelConfig], Any] | No
 def _rotated_away(init_from, source: Pretrained) -> bool:
     """Whether `find` chose a step of the workdir `init_from` that is gone now."""
     return (not isinstance(init_from, Pretrained) and source.kind == "state"
-            and source.path != rundir.path(init_from) and not source.path.exists())
+            and source.path != rundir.path(init_from) and checkpoint_lib.deleted_by_rotation(source.path))
 
 
 def _load(source: Pretrained, abstract_params) -> LoadedModel:

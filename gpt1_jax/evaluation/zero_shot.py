@@ -15,7 +15,6 @@ The command line (gpt1_jax/cli/zero_shot.py) writes `<workdir>/zero_shot.json` a
 `<workdir>/zero_shot.png` with one point per finished checkpoint.
 """
 import dataclasses
-import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -242,7 +241,7 @@ def evaluate_run(workdir, data: ZeroShotData, batch_size: int = 32,
         try:
             loaded = loading.load(step_dir)
         except (checkpoint_lib.CheckpointError, OSError):
-            if not _deleted(step_dir):
+            if not checkpoint_lib.deleted_by_rotation(step_dir):
                 raise
             if progress:
                 progress(f"step {step}: deleted by the run's rotation while it was read; skipped")
@@ -256,17 +255,6 @@ def evaluate_run(workdir, data: ZeroShotData, batch_size: int = 32,
     if not evaluated:
         raise ConfigError(f"every checkpoint of {workdir / rundir.CHECKPOINTS} was deleted while it was read")
     return {"steps": evaluated, "tasks": curves, "random": {t: RANDOM_BASELINE[t] for t in curves}}
-
-
-def _deleted(step_dir, checks: int = 3, wait_secs: float = 1.0) -> bool:
-    """Whether a step that failed to load is being deleted (the run's rotation): gone now or
-    within a few seconds (a deletion of many objects on gs:// is not instant)."""
-    for check in range(checks):
-        if not step_dir.exists():
-            return True
-        if check < checks - 1:
-            time.sleep(wait_secs)
-    return False
 
 
 def plot(results: dict) -> bytes:
