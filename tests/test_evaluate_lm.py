@@ -90,6 +90,19 @@ def test_command_prints_the_result_as_its_last_line(params, tmp_path):
     assert result["perplexity"] == pytest.approx(np.exp(result["nll"]))
 
 
+def test_a_missing_text_is_said_before_the_model_is_loaded(params, tmp_path):
+    # Loading this export would fail, naming its params; the command names the missing text
+    # instead, since it reads the text before the model.
+    export = tmp_path / "export"
+    loading.write_export(export, params, dataclasses.asdict(CFG), tokenizers.gpt1_bpe_tokenizer())
+    (export / "params").rename(tmp_path / "params_moved_away")  # would fail to load, if it were read
+    result = jobs.run([sys.executable, "-m", "gpt1_jax.cli.evaluate_lm", f"--init_from={export}",
+                       f"--text={tmp_path / 'missing.txt'}"], expect_ok=False, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and lines[-1].startswith("error: evaluate_lm: "), jobs.output(result)
+    assert "missing.txt" in lines[-1] and "params" not in lines[-1], jobs.output(result)
+
+
 def test_tfds_records_are_the_documents(params, tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
 

@@ -37,14 +37,15 @@ _STRIDE = flags.DEFINE_integer("stride", 0, "Tokens between window starts (0: n_
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    loaded = loading.load(_INIT_FROM.value)
-    if loaded.tokenizer is None:
-        raise ConfigError(f"{_INIT_FROM.value} records no tokenizer to read the text with")
     if bool(_TEXT.value) == bool(_TFDS.value):
         raise app.UsageError("give exactly one of --text and --tfds")
+    # The text first: a missing file is said before the model is loaded.
     texts, source = corpus_lib.read_documents(
         _TEXT.value, "--text", _TFDS.value, _TFDS_SPLIT.value, _TFDS_DATA_DIR.value or None,
         _TFDS_TEXT_KEY.value, _MAX_DOCUMENTS.value)
+    loaded = loading.load(_INIT_FROM.value)
+    if loaded.tokenizer is None:
+        raise ConfigError(f"{_INIT_FROM.value} records no tokenizer to read the text with")
     print(f"Tokenizing {len(texts):,} documents from {source} ...", file=sys.stderr)
     start = time.perf_counter()
     documents = loaded.tokenizer.encode_batch(texts)
