@@ -26,6 +26,7 @@ controller requeues it):
 """
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -37,6 +38,7 @@ EXIT_FAILED = 1
 CONTAINER = "gpt1-jax"
 REPLICATED_JOB = "workers"
 COORDINATOR_PORT = 8476
+GRACE_FLAG = "--config.train.grace_period_secs"
 # GKE's names for the TPU generations (cloud.google.com/gke-tpu-accelerator).
 GKE_TPU = {"v4": "tpu-v4-podslice", "v5litepod": "tpu-v5-lite-podslice", "v5p": "tpu-v5p-slice",
            "v6e": "tpu-v6e-slice"}
@@ -71,8 +73,10 @@ def render(name: str, image: str, workdir: str, job_flags: list[str], hosts: int
     """The JobSet (a dict, as `kubectl apply` reads it from JSON)."""
     config = next((f for f in job_flags if f.startswith("--config=")), "--config=configs/gpt1.py")
     rest = [f for f in job_flags if not f.startswith("--config=")]
+    # The job's own flag comes after the launcher's, so the job uses it: the pod's grace follows.
+    grace_period_secs = job_grace_period(rest, grace_period_secs)
     flags = [config, f"--workdir={workdir}", *JOB_FLAGS, f"--config.distributed.num_processes={hosts}",
-             f"--config.train.grace_period_secs={grace_period_secs}", *rest]
+             f"{GRACE_FLAG}={grace_period_secs:g}", *rest]
     if local_device_ids:
         flags.append(f"--config.distributed.local_device_ids={local_device_ids}")
     container = {
@@ -87,6 +91,28 @@ def render(name: str, image: str, workdir: str, job_flags: list[str], hosts: int
     return _jobset(name, container, hosts, node_selector, grace_period_secs, max_restarts, annotations={
         # One slice (one node pool) for the one replicated Job.
         "alpha.jobset.sigs.k8s.io/exclusive-topology": "cloud.google.com/gke-nodepool"})
+
+
+def job_grace_period(job_flags: list[str], default: float) -> float:
+    """The grace period the job will use: the last `--config.train.grace_period_secs` among its
+    flags (absl takes the last), else `default`; LaunchError for a value that is not a positive
+    number of seconds."""
+    value = None
+    for i, flag in enumerate(job_flags):
+        if flag.startswith(f"{GRACE_FLAG}="):
+            value = flag.split("=", 1)[1]
+        elif flag == GRACE_FLAG and i + 1 < len(job_flags):
+            value = job_flags[i + 1]
+    if value is None:
+        value = default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise tpu_lib.LaunchError(f"{GRACE_FLAG}={value}: not a number of seconds") from None
+    if seconds <= 0:  # the job's "no limit": the kubelet's SIGKILL would still come
+        raise tpu_lib.LaunchError(f"{GRACE_FLAG}={value}: a pod is killed after its termination grace "
+                                  f"period, so the job needs a limit of its own (> 0)")
+    return seconds
 
 
 def render_trial(name: str, image: str, spec: str, node_selector: dict, resources: dict, python: str = "python",
@@ -117,7 +143,7 @@ def _jobset(name: str, container: dict, hosts: int, node_selector: dict, grace_p
     """One replicated Job of `hosts` indexed pods running `container`, restarted together."""
     pod = {"restartPolicy": "Never", "nodeSelector": node_selector, "containers": [container],
            # The job commits within its grace period; the kubelet's SIGKILL must come after.
-           "terminationGracePeriodSeconds": grace_period_secs + 15, **(pod or {})}
+           "terminationGracePeriodSeconds": math.ceil(grace_period_secs) + 15, **(pod or {})}
     job = {
         "parallelism": hosts, "completions": hosts, "completionMode": "Indexed",
         # Any failed pod fails the Job, and the JobSet restarts all pods together: the
@@ -153,7 +179,8 @@ def main(argv=None) -> int:
     sub.add_argument("--nodes", type=int, default=1, help="GPU nodes")
     sub.add_argument("--gpu-type", default="nvidia-h100-80gb", help="cloud.google.com/gke-accelerator")
     sub.add_argument("--max-restarts", type=int, default=20)
-    sub.add_argument("--grace-period-secs", type=int, default=25, help="the job's train.grace_period_secs")
+    sub.add_argument("--grace-period-secs", type=int, default=25,
+                     help="the job's train.grace_period_secs (the job's own --config.train.grace_period_secs wins)")
     sub.add_argument("job_flags", nargs="*", help="after --: the job's flags (--config=..., --config.KEY=...)")
     trial = commands.add_parser("trial", help="print a sweep trial's JobSet: one pod running the trial runner")
     trial.add_argument("--name", required=True, help="the JobSet's name: lowercase letters, digits, '-'")

@@ -84,6 +84,19 @@ def test_the_manifest_validates_against_the_jobset_crd_and_restarts_only_on_resu
         assert "--config.distributed.local_device_ids=0,1,2,3,4,5,6,7" in container["command"]
 
 
+@pytest.mark.parametrize("job_flags, grace", [([], 25), (["--config.train.grace_period_secs=120"], 120),
+                                              (["--config.train.grace_period_secs", "37.5"], 37.5)])
+def test_the_pods_grace_outlasts_the_grace_period_the_job_will_use(job_flags, grace):
+    # The job's own flag comes last, so the job stops within it: the kubelet's SIGKILL must wait longer.
+    pod = pod_spec(render("--image=i", "--workdir=gs://b/run", "--tpu=v4-16", "--", *job_flags))
+    (container,) = pod["containers"]
+    command = container["command"]
+    used = [command[i + 1] if flag == "--config.train.grace_period_secs" else flag.split("=", 1)[1]
+            for i, flag in enumerate(command) if flag.split("=", 1)[0] == "--config.train.grace_period_secs"]
+    assert float(used[-1]) == grace
+    assert pod["terminationGracePeriodSeconds"] >= grace + 10
+
+
 def test_the_strict_schema_refuses_what_the_crd_does_not_know(validator):
     manifest = render("--image=i", "--workdir=gs://b/run", "--tpu=v4-16")
     for mutate in (lambda m: m["spec"].update(maxRestarts=3),  # belongs under failurePolicy
@@ -98,6 +111,10 @@ def test_the_strict_schema_refuses_what_the_crd_does_not_know(validator):
     (["--tpu=v3-8", "--workdir=gs://b/r"], "error: --tpu=v3-8: unknown TPU accelerator type"),
     (["--tpu=v5e-12", "--workdir=gs://b/r"], "error: --tpu=v5e-12: 12 chips has no GKE topology here"),
     (["--tpu=v4-16", "--workdir=/data/run"], "error: --workdir=/data/run: pods share no disk"),
+    (["--tpu=v4-16", "--workdir=gs://b/r", "--", "--config.train.grace_period_secs=soon"],
+     "error: --config.train.grace_period_secs=soon: not a number of seconds"),
+    (["--tpu=v4-16", "--workdir=gs://b/r", "--", "--config.train.grace_period_secs=0"],
+     "error: --config.train.grace_period_secs=0: a pod is killed after its termination grace period"),
 ])
 def test_refusals_are_one_line(args, message):
     result = render("--image=i", *args, expect_ok=False)
