@@ -38,7 +38,6 @@ EXIT_FAILED = 1
 CONTAINER = "gpt1-jax"
 REPLICATED_JOB = "workers"
 COORDINATOR_PORT = 8476
-GRACE_FLAG = "--config.train.grace_period_secs"
 # GKE's names for the TPU generations (cloud.google.com/gke-tpu-accelerator).
 GKE_TPU = {"v4": "tpu-v4-podslice", "v5litepod": "tpu-v5-lite-podslice", "v5p": "tpu-v5p-slice",
            "v6e": "tpu-v6e-slice"}
@@ -76,7 +75,7 @@ def render(name: str, image: str, workdir: str, job_flags: list[str], hosts: int
     # The job's own flag comes after the launcher's, so the job uses it: the pod's grace follows.
     grace_period_secs = job_grace_period(rest, grace_period_secs)
     flags = [config, f"--workdir={workdir}", *JOB_FLAGS, f"--config.distributed.num_processes={hosts}",
-             f"{GRACE_FLAG}={grace_period_secs:g}", *rest]
+             f"{tpu_lib.GRACE_FLAG}={grace_period_secs:g}", *rest]
     if local_device_ids:
         flags.append(f"--config.distributed.local_device_ids={local_device_ids}")
     container = {
@@ -94,24 +93,12 @@ def render(name: str, image: str, workdir: str, job_flags: list[str], hosts: int
 
 
 def job_grace_period(job_flags: list[str], default: float) -> float:
-    """The grace period the job will use: the last `--config.train.grace_period_secs` among its
-    flags (absl takes the last), else `default`; LaunchError for a value that is not a positive
-    number of seconds."""
-    value = None
-    for i, flag in enumerate(job_flags):
-        if flag.startswith(f"{GRACE_FLAG}="):
-            value = flag.split("=", 1)[1]
-        elif flag == GRACE_FLAG and i + 1 < len(job_flags):
-            value = job_flags[i + 1]
-    if value is None:
-        value = default
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise tpu_lib.LaunchError(f"{GRACE_FLAG}={value}: not a number of seconds") from None
-    if seconds <= 0:  # the job's "no limit": the kubelet's SIGKILL would still come
-        raise tpu_lib.LaunchError(f"{GRACE_FLAG}={value}: a pod is killed after its termination grace "
-                                  f"period, so the job needs a limit of its own (> 0)")
+    """The grace period the job will use (tpu.job_grace_period), which must be a limit: the
+    kubelet kills a pod at the end of its termination grace period whatever the job does."""
+    seconds = tpu_lib.job_grace_period(job_flags, default)
+    if seconds <= 0:  # the job's "no limit"
+        raise tpu_lib.LaunchError(f"{tpu_lib.GRACE_FLAG}={seconds:g}: a pod is killed after its termination "
+                                  f"grace period, so the job needs a limit of its own (> 0)")
     return seconds
 
 

@@ -26,6 +26,7 @@ checkpoint (rerun to resume), 1 a failure a rerun will not fix, 128+N killed by 
 """
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -201,6 +202,7 @@ class Node:
 
 def preflight(args, tpu: Slice) -> None:
     """Everything that can be refused before a VM is created or deleted."""
+    job_grace_period(args.job_flags, 25)  # a grace period that is not a number of seconds
     if tpu.hosts > 1 and not args.workdir.startswith("gs://"):
         raise LaunchError(f"--workdir={args.workdir}: a {tpu.accelerator_type} has {tpu.hosts} hosts, which "
                           "write checkpoints together: the workdir must be a gs:// bucket they all see")
@@ -223,11 +225,31 @@ def job_command(job_flags: list[str], workdir: str) -> list[str]:
     return [".venv/bin/python", "-m", "gpt1_jax.cli.main", config, f"--workdir={workdir}", *JOB_FLAGS, *rest]
 
 
+GRACE_FLAG = "--config.train.grace_period_secs"
+
+
+def job_grace_period(job_flags: list[str], default: float) -> float:
+    """The grace period the job will use: the last `--config.train.grace_period_secs` among its
+    flags (absl takes the last), else `default`; LaunchError for a value that is not a number."""
+    value = default
+    for i, flag in enumerate(job_flags):
+        if flag.startswith(f"{GRACE_FLAG}="):
+            value = flag.split("=", 1)[1]
+        elif flag == GRACE_FLAG and i + 1 < len(job_flags):
+            value = job_flags[i + 1]
+    try:
+        return float(value)
+    except ValueError:
+        raise LaunchError(f"{GRACE_FLAG}={value}: not a number of seconds") from None
+
+
 def worker_script(command: list[str], workdir: str, install: bool, log_every_secs: float) -> str:
     train = " ".join(shlex.quote(word) for word in command)
+    # `stop` waits for the job's commit before its SIGKILL: the job's grace period and a margin.
+    stop_wait_secs = max(90, math.ceil(job_grace_period(command, 25)) + 15)
     return (f"#!/usr/bin/env bash\n# Written by launch/tpu.py.\ntrain_command=({train})\n"
             f"workdir={shlex.quote(workdir)}\ninstall={int(install)}\nlog_every_secs={log_every_secs:g}\n"
-            + WORKER_SCRIPT)
+            f"stop_wait_secs={stop_wait_secs}\n" + WORKER_SCRIPT)
 
 
 # The worker's half: `stop`, `setup`, `start LAUNCH`, `state`. `{worker}` in a job flag
@@ -257,11 +279,11 @@ rundir.write_bytes(rundir.path(sys.argv[1]) / "logs" / sys.argv[2] / f"worker-{s
 
 stop() {
     # SIGTERM to the whole session `start` made: the job commits a checkpoint and exits 42;
-    # SIGKILL if it is still there 90 s later.
+    # SIGKILL if it is still there stop_wait_secs later (at least 90 s, the job's grace + 15 s).
     if [[ -f $pidfile ]]; then
         pid=$(<"$pidfile")
         if kill -TERM -- "-$pid" 2>/dev/null; then
-            for _ in $(seq 90); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+            for _ in $(seq "$stop_wait_secs"); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
             kill -KILL -- "-$pid" 2>/dev/null || true
         fi
     fi

@@ -108,8 +108,18 @@ def _preempted_node_holding_data(env, state):
     return marker, before
 
 
+@pytest.mark.parametrize("job_flags, waits", [([], 90), (["--config.train.grace_period_secs=300"], 315),
+                                              (["--config.train.grace_period_secs", "120.5"], 136)])
+def test_stop_waits_for_the_grace_period_the_job_will_use_before_its_sigkill(job_flags, waits):
+    sys.path.insert(0, str(jobs.REPO / "launch"))
+    import tpu
+    script = tpu.worker_script(tpu.job_command(job_flags, "gs://b/run"), "gs://b/run", False, 30)
+    assert f"\nstop_wait_secs={waits}\n" in script
+    assert 'seq "$stop_wait_secs"' in script and "kill -KILL" in script
+
+
 @pytest.mark.parametrize("case", ["unknown type", "no ssh agent", "agent without keys", "local workdir for a pod",
-                                  "no project"])
+                                  "no project", "grace period not a number"])
 def test_refusals_are_one_line_before_anything_is_created_or_deleted(cloud, case):
     env, state = cloud
     marker, before = _preempted_node_holding_data(env, state)
@@ -118,7 +128,8 @@ def test_refusals_are_one_line_before_anything_is_created_or_deleted(cloud, case
                 "no ssh agent": "no ssh agent (SSH_AUTH_SOCK is unset)",
                 "agent without keys": "the ssh agent holds no key (The agent has no identities.)",
                 "local workdir for a pod": "--workdir=runs/pod: a v4-16 has 2 hosts",
-                "no project": "no project: pass --project=PROJECT"}[case]
+                "no project": "no project: pass --project=PROJECT",
+                "grace period not a number": "--config.train.grace_period_secs=1m: not a number of seconds"}[case]
     if case == "unknown type":
         args[2] = "--type=v3-8"
     elif case == "no ssh agent":
@@ -128,8 +139,10 @@ def test_refusals_are_one_line_before_anything_is_created_or_deleted(cloud, case
         (tools / "ssh-add").write_text("#!/bin/sh\necho 'The agent has no identities.'\nexit 1\n")
     elif case == "local workdir for a pod":
         args[3] = "--workdir=runs/pod"
-    else:
+    elif case == "no project":
         env = {k: v for k, v in env.items() if k != "CLOUDSDK_CORE_PROJECT"}
+    else:
+        args += ["--", "--config.train.grace_period_secs=1m"]
     assert expected in one_error_line(launcher(env, *args))
     made = calls(state)[before:]
     assert not [c for c in made if c[3:4] in (["create"], ["delete"], ["ssh"], ["scp"])], made
