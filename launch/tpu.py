@@ -35,7 +35,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # gpt1_jax/train/stopping.py's contract, restated: this file must not import JAX.
 EXIT_FINISHED, EXIT_RESUME, EXIT_FAILED = 0, 42, 1
@@ -499,14 +499,20 @@ def settle(node: Node, notice_secs: float) -> None:
         time.sleep(min(node.poll_secs, 5.0))
 
 
-def cmd_create(args) -> int:
+def requested_slice(args) -> Slice:
+    """The slice `--type` names, with `--runtime-version` instead of its generation's image if given."""
     tpu = parse_slice(args.type)
+    return replace(tpu, runtime=args.runtime_version) if args.runtime_version else tpu
+
+
+def cmd_create(args) -> int:
+    tpu = requested_slice(args)
     Node(args).ensure(tpu, args.provisioning, args.create_timeout)
     return 0
 
 
 def cmd_run(args) -> int:
-    tpu = parse_slice(args.type)
+    tpu = requested_slice(args)
     preflight(args, tpu)
     node = Node(args)
     node.ensure(tpu, args.provisioning, args.create_timeout)
@@ -518,7 +524,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_supervise(args) -> int:
-    tpu = parse_slice(args.type)
+    tpu = requested_slice(args)
     preflight(args, tpu)
     node = Node(args)
     for attempt in range(args.max_relaunches + 1):
@@ -587,6 +593,8 @@ def parser() -> argparse.ArgumentParser:
         if name in ("create", "run", "supervise"):
             sub.add_argument("--type", required=True,
                              help="accelerator type: v4-32, v5litepod-16 (v5e-16), v5p-8, v6e-16")
+            sub.add_argument("--runtime-version", default="",
+                             help="the VM's software image (default: its generation's, e.g. v2-alpha-tpuv6e)")
             kind = sub.add_mutually_exclusive_group()
             kind.add_argument("--spot", dest="provisioning", action="store_const", const="spot")
             kind.add_argument("--best-effort", dest="provisioning", action="store_const", const="best-effort")

@@ -88,6 +88,15 @@ def test_a_stock_out_waits_and_asks_again(cloud):
     assert len(list((state / "nodes" / "pod").glob("worker-*"))) == 2
 
 
+def test_a_runtime_version_given_replaces_the_generations_image(cloud):
+    env, state = cloud
+    result = launcher(env, "create", "--name=pod", "--type=v6e-4", "--runtime-version=v2-alpha-tpuv6e-next",
+                      "--poll-secs=0.01")
+    assert result.returncode == 0, jobs.output(result)
+    create, = [c for c in calls(state) if c[:4] == ["compute", "tpus", "queued-resources", "create"]]
+    assert "--runtime-version=v2-alpha-tpuv6e-next" in create and "--accelerator-type=v6e-4" in create
+
+
 def test_a_queued_resource_that_is_not_active_in_time_is_an_error_and_stays_queued(cloud):
     env, state = cloud
     (state / "standin.json").write_text(json.dumps({"waits": 10**6}))
