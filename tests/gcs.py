@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,6 +29,8 @@ import urllib.request
 import uuid
 
 import pytest
+
+import jobs
 
 BUCKET = "gpt1-jax-test"
 PROJECT = "gpt1-jax"
@@ -46,16 +47,10 @@ def binary_path() -> pathlib.Path:
     return pathlib.Path(_server._get_binary_path())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _closed_port() -> int:
     """A loopback port nobody listens on (taken from the kernel and released): a
     connection there is refused at once instead of timing out."""
-    return _free_port()
+    return jobs.free_port()
 
 
 def server_env(url: str) -> dict[str, str]:
@@ -119,7 +114,7 @@ def _create_bucket(url: str, name: str) -> None:
 def running_server(root: pathlib.Path):
     """Runs fake-gcs-server (objects kept as files under `root`) with the bucket BUCKET,
     and yields its URL; os.environ points every client at it meanwhile."""
-    port = _free_port()
+    port = jobs.free_port()
     url = f"http://127.0.0.1:{port}"
     log = (root / "server.log").open("wb")  # closed in `finally`
     process = subprocess.Popen(

@@ -10,7 +10,6 @@
   one process driving the same mesh: rows follow the batch sharding, not process ids.
 """
 import signal
-import socket
 import time
 
 import pytest
@@ -26,12 +25,6 @@ SMALL = [*jobs.TINY_MODEL, "--config.train.batch_size=8", "--config.train.log_ev
          "--config.optimizer.warmup_steps=2", "--config.data.val_fraction=0.1"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _argv(corpus, workdir, *overrides):
     return jobs.argv("configs/tiny.py", workdir, *SMALL, f"--config.data.text_files={corpus / 'book.txt'}",
                      f"--config.data.cache_dir={corpus / 'cache'}", *overrides)
@@ -40,7 +33,7 @@ def _argv(corpus, workdir, *overrides):
 def start_pair(corpus, workdir, *overrides, devices=2, per_process=((), ())):
     """Two processes of `devices` devices each, one job; `per_process[i]` are process i's
     own extra flags."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{jobs.free_port()}"
     job_env = jobs.env(devices, GPT1_JAX_LEASE_TTL_SECS=str(LEASE_TTL_SECS))
     return [jobs.start(_argv(corpus, workdir, *overrides, "--config.distributed.initialize=True",
                              f"--config.distributed.coordinator_address={address}",
