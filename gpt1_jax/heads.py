@@ -11,7 +11,6 @@ sequences; the hidden state at each sequence's classify token feeds a linear hea
 and the objective is L3 = L2 (task) + λ L1 (the auxiliary LM loss on the same tokens).
 """
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import optax
 
@@ -62,14 +61,6 @@ def init_params_fn(model: TaskModel, s: int = 1, max_len: int = 1):
     def init(rng):
         return model.init(rng, jnp.zeros((1, s, max_len), jnp.int32), jnp.zeros((1, s), jnp.int32))["params"]
     return init
-
-
-def abstract_params(model: TaskModel, sharding=None):
-    """Shapes and dtypes of a task model's parameters (unboxed), without allocating them; each
-    leaf carries `sharding` when given."""
-    boxed = jax.eval_shape(init_params_fn(model), jax.random.key(0))
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                                  nn.meta.unbox(boxed))
 
 
 def task_model(spec, mcfg: model_lib.ModelConfig, clf_pdrop: float) -> TaskModel:

@@ -347,12 +347,17 @@ def init_params_fn(model: nn.Module, n_ctx: int):
     return init
 
 
-def abstract_params(config: ModelConfig, sharding=None):
-    """Shapes and dtypes of `config`'s parameters (unboxed), without allocating them; each
-    leaf carries `sharding` when given (e.g. one local device for a converter)."""
-    boxed = jax.eval_shape(GPT1(config).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+def abstract_of(init, sharding=None):
+    """Shapes and dtypes of the parameters `init(rng)` makes (unboxed), without allocating them;
+    each leaf carries `sharding` when given (e.g. one local device for a converter)."""
+    boxed = jax.eval_shape(init, jax.random.key(0))
     return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                                  nn.meta.unbox(boxed["params"]))
+                                  nn.meta.unbox(boxed))
+
+
+def abstract_params(config: ModelConfig, sharding=None):
+    """`abstract_of` the language model `config` describes."""
+    return abstract_of(init_params_fn(GPT1(config), 1), sharding)
 
 
 def lm_loss_fn(model: GPT1):

@@ -57,7 +57,7 @@ def fine_tuned_body(source: loading.Pretrained) -> loading.LoadedModel:
     config = loading.model_config(source)
     task_model = heads.task_model(tasks_lib.get_task(source.task), config, clf_pdrop=0.0)
     one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    loaded = loading.load(source, lambda config: heads.abstract_params(task_model, one_device))
+    loaded = loading.load(source, lambda config: model_lib.abstract_of(heads.init_params_fn(task_model), one_device))
     if loaded.tokenizer.vocab_size != config.vocab_size:
         raise CheckpointError(f"{source.path} records vocab_size={config.vocab_size} but its tokenizer has "
                               f"{loaded.tokenizer.vocab_size} entries")
