@@ -67,7 +67,7 @@ def tpu_placement(name: str) -> tuple[int, dict, dict]:
 
 
 def render(name: str, image: str, workdir: str, job_flags: list[str], hosts: int, node_selector: dict,
-           resources: dict, max_restarts: int = 20, grace_period_secs: int = 25,
+           resources: dict, max_restarts: int = 20, grace_period_secs: float = tpu_lib.GRACE_PERIOD_SECS,
            local_device_ids: str = "") -> dict:
     """The JobSet (a dict, as `kubectl apply` reads it from JSON)."""
     config = next((f for f in job_flags if f.startswith("--config=")), "--config=configs/gpt1.py")
@@ -104,7 +104,7 @@ def job_grace_period(job_flags: list[str], default: float) -> float:
 
 def render_trial(name: str, image: str, spec: str, node_selector: dict, resources: dict, python: str = "python",
                  volume_claim: str = "", mount_path: str = "", service_account: str = "",
-                 grace_period_secs: int = 25) -> dict:
+                 grace_period_secs: float = tpu_lib.GRACE_PERIOD_SECS) -> dict:
     """A sweep trial's JobSet: one pod running the trial runner on SPEC, no restarts. The runner
     writes the trial's log and exit record beside SPEC, so the pod mounts the sweep's state folder
     (`volume_claim`, a ReadWriteMany claim, at `mount_path`, default SPEC's folder's parent's
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     sub.add_argument("--nodes", type=int, default=1, help="GPU nodes")
     sub.add_argument("--gpu-type", default="nvidia-h100-80gb", help="cloud.google.com/gke-accelerator")
     sub.add_argument("--max-restarts", type=int, default=20)
-    sub.add_argument("--grace-period-secs", type=int, default=25,
+    sub.add_argument("--grace-period-secs", type=int, default=tpu_lib.GRACE_PERIOD_SECS,
                      help="the job's train.grace_period_secs (the job's own --config.train.grace_period_secs wins)")
     sub.add_argument("job_flags", nargs="*", help="after --: the job's flags (--config=..., --config.KEY=...)")
     trial = commands.add_parser("trial", help="print a sweep trial's JobSet: one pod running the trial runner")
@@ -180,7 +180,8 @@ def main(argv=None) -> int:
     trial.add_argument("--mount-path", default="", help="where the pod mounts it (default: the state folder)")
     trial.add_argument("--service-account", default="", help="the pod's Kubernetes service account")
     trial.add_argument("--python", default="python", help="the image's Python")
-    trial.add_argument("--grace-period-secs", type=int, default=25, help="the job's train.grace_period_secs")
+    trial.add_argument("--grace-period-secs", type=int, default=tpu_lib.GRACE_PERIOD_SECS,
+                       help="the job's train.grace_period_secs")
     trial.add_argument("spec", help="the trial spec the sweep controller wrote, as the pod sees it")
     args = top.parse_args(argv)
     if args.command == "trial":

@@ -50,9 +50,11 @@ CHIPS_PER_HOST = 4
 BROKEN_NODE_STATES = ("PREEMPTED", "FAILED", "TERMINATED", "STOPPED", "SUSPENDED")
 QUEUED_WAITING = ("ACCEPTED", "PROVISIONING", "WAITING_FOR_RESOURCES", "CREATING")
 STOCKOUT_WORDS = ("capacity", "stockout", "stock-out", "resource_exhausted", "resources are not available")
+GRACE_FLAG = "--config.train.grace_period_secs"
+GRACE_PERIOD_SECS = 25  # the launchers' default for the job: within GCE spot's 30 s notice
 # Flags every worker's job gets before the user's: the pod is found by JAX itself.
 JOB_FLAGS = ("--config.distributed.initialize=True", "--config.mesh.data=-1",
-             "--config.train.grace_period_secs=25", "--config.model.attention=einsum")
+             f"{GRACE_FLAG}={GRACE_PERIOD_SECS}", "--config.model.attention=einsum")
 TAR_EXCLUDES = {".git", ".venv", "runs", "build", "__pycache__", ".pytest_cache", ".ruff_cache"}
 
 
@@ -202,7 +204,7 @@ class Node:
 
 def preflight(args, tpu: Slice) -> None:
     """Everything that can be refused before a VM is created or deleted."""
-    job_grace_period(args.job_flags, 25)  # a grace period that is not a number of seconds
+    job_grace_period(args.job_flags, GRACE_PERIOD_SECS)  # a grace period that is not a number of seconds
     if tpu.hosts > 1 and not args.workdir.startswith("gs://"):
         raise LaunchError(f"--workdir={args.workdir}: a {tpu.accelerator_type} has {tpu.hosts} hosts, which "
                           "write checkpoints together: the workdir must be a gs:// bucket they all see")
@@ -225,9 +227,6 @@ def job_command(job_flags: list[str], workdir: str) -> list[str]:
     return [".venv/bin/python", "-m", "gpt1_jax.cli.main", config, f"--workdir={workdir}", *JOB_FLAGS, *rest]
 
 
-GRACE_FLAG = "--config.train.grace_period_secs"
-
-
 def job_grace_period(job_flags: list[str], default: float) -> float:
     """The grace period the job will use: the last `--config.train.grace_period_secs` among its
     flags (absl takes the last), else `default`; LaunchError for a value that is not a number."""
@@ -246,7 +245,7 @@ def job_grace_period(job_flags: list[str], default: float) -> float:
 def worker_script(command: list[str], workdir: str, install: bool, log_every_secs: float) -> str:
     train = " ".join(shlex.quote(word) for word in command)
     # `stop` waits for the job's commit before its SIGKILL: the job's grace period and a margin.
-    stop_wait_secs = max(90, math.ceil(job_grace_period(command, 25)) + 15)
+    stop_wait_secs = max(90, math.ceil(job_grace_period(command, GRACE_PERIOD_SECS)) + 15)
     return (f"#!/usr/bin/env bash\n# Written by launch/tpu.py.\ntrain_command=({train})\n"
             f"workdir={shlex.quote(workdir)}\ninstall={int(install)}\nlog_every_secs={log_every_secs:g}\n"
             f"stop_wait_secs={stop_wait_secs}\n" + WORKER_SCRIPT)
