@@ -18,6 +18,14 @@ STANDINS = jobs.REPO / "tests" / "standins"
 LAUNCHER = [sys.executable, "launch/tpu.py"]
 
 
+def launcher_module():
+    """launch/tpu.py imported (launch/ is not a package: its folder goes on sys.path)."""
+    if str(jobs.REPO / "launch") not in sys.path:
+        sys.path.insert(0, str(jobs.REPO / "launch"))
+    import tpu
+    return tpu
+
+
 @pytest.fixture
 def cloud(tmp_path):
     """(environment for the launcher, the stand-in's state folder): gcloud simulated, a
@@ -43,8 +51,7 @@ def cloud(tmp_path):
     ("v6e-4", ("v6e-4", "v2-alpha-tpuv6e", 1)), ("v6e-256", ("v6e-256", "v2-alpha-tpuv6e", 64))])
 def test_each_generation_gets_its_runtime_image_and_its_host_count(name, expected):
     # v4 and v5p name TensorCores (2 a chip), v5e and v6e chips; 4 chips a host, up to 8 on one.
-    sys.path.insert(0, str(jobs.REPO / "launch"))
-    import tpu
+    tpu = launcher_module()
     tpu_slice = tpu.parse_slice(name)
     assert (tpu_slice.accelerator_type, tpu_slice.runtime, tpu_slice.hosts) == expected
 
@@ -120,8 +127,7 @@ def _preempted_node_holding_data(env, state):
 @pytest.mark.parametrize("job_flags, waits", [([], 90), (["--config.train.grace_period_secs=300"], 315),
                                               (["--config.train.grace_period_secs", "120.5"], 136)])
 def test_stop_waits_for_the_grace_period_the_job_will_use_before_its_sigkill(job_flags, waits):
-    sys.path.insert(0, str(jobs.REPO / "launch"))
-    import tpu
+    tpu = launcher_module()
     script = tpu.worker_script(tpu.job_command(job_flags, "gs://b/run"), "gs://b/run", False, 30)
     assert f"\nstop_wait_secs={waits}\n" in script
     assert 'seq "$stop_wait_secs"' in script and "kill -KILL" in script
